@@ -1,0 +1,81 @@
+"""Counters the journal keeps, and the records :meth:`statistics` returns.
+
+One source of statistics (STYLE habit 11): the CLI, the admin API and
+``/metrics`` all read these records; nothing else counts.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+__all__ = ["FSYNC_BUCKETS", "JournalStatistics", "LatencyHistogram", "StreamStatistics"]
+
+# Seconds; Prometheus-style cumulative buckets are derived from these bounds.
+FSYNC_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Counts per bucket (the last is +Inf), plus count and sum, like Prometheus."""
+
+    bounds: tuple[float, ...] = FSYNC_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(FSYNC_BUCKETS) + 1))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def merge(self, other: LatencyHistogram) -> None:
+        for i, n in enumerate(other.counts):
+            self.counts[i] += n
+        self.count += other.count
+        self.total += other.total
+
+    def copy(self) -> LatencyHistogram:
+        return LatencyHistogram(self.bounds, list(self.counts), self.count, self.total)
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (inf if past the last)."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            seen += n
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatistics:
+    name: str
+    first_offset: int
+    next_offset: int
+    size_bytes: int
+    segments: int
+    quarantined_segments: int
+    appends: int
+    records: int
+    bytes_appended: int
+    fsyncs: int
+    fsync_latency: LatencyHistogram
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStatistics:
+    streams: int
+    appends: int
+    records: int
+    bytes_appended: int
+    fsyncs: int
+    fsync_latency: LatencyHistogram
+    segments: int
+    size_bytes: int
+    per_stream: dict[str, StreamStatistics]

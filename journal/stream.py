@@ -1,0 +1,637 @@
+"""One stream: its segments, its write path with group commit, and its reads.
+
+Writing. An append encodes outside any lock, then, under the stream's write
+lock and without awaiting, stamps offsets into the batch header and writes it
+to the active segment (page cache). Durability is awaited *after* the lock is
+released, so appenders pile up behind one fsync: the first waiter becomes the
+*sync leader*, fsyncs in a worker thread everything written so far, and wakes
+the rest (group commit). Under ``interval`` the leader first waits until
+``fsync_interval_ms`` have passed since the previous fsync, or until about
+1 MiB is waiting, so one fsync serves more appends.
+
+Visibility. Readers see an append once it is acknowledged: after its fsync
+under ``always``/``interval``, at once under ``none``. So no reader ever sees
+a record that a crash could take back. :attr:`Stream.committed` is that limit.
+
+Reading is synchronous ``pread`` of page-cache data plus per-batch header
+parsing: it never takes the write lock, so readers never block writers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from bisect import bisect_right
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from journal.catalog import Catalog, Checkpoint, SealedSegment, StreamEntry
+from journal.config import FsyncPolicy, StreamConfig
+from journal.errors import (
+    BatchTooLargeError,
+    CorruptSegmentError,
+    InvalidBatchError,
+    JournalClosedError,
+    OffsetOutOfRangeError,
+    StorageError,
+    StreamDeletedError,
+)
+from journal.records import AppendResult, Record
+from journal.segments.batch import (
+    HEADER_SIZE,
+    BatchHeader,
+    _parse_header,
+    check_batch,
+    decode_batch,
+    encode_batch,
+    set_base_offset,
+)
+from journal.segments.index import SparseIndex
+from journal.segments.segment import Segment, scan_batches, segment_name
+from journal.stats import LatencyHistogram, StreamStatistics
+
+__all__ = ["GROUP_COMMIT_BYTES", "Stream"]
+
+log = logging.getLogger("journal")
+
+GROUP_COMMIT_BYTES = 1 << 20
+_INDEX_FLUSH_ENTRIES = 64  # write index entries to their files in groups this size
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Stream:
+    """A named, ordered sequence of records stored as segment files."""
+
+    def __init__(
+        self,
+        entry: StreamEntry,
+        directory: Path,
+        catalog: Catalog,
+        *,
+        fsync: FsyncPolicy,
+        fsync_interval_ms: int,
+    ) -> None:
+        self.name = entry.name
+        self.id = entry.id
+        self.config: StreamConfig = entry.config
+        self.directory = directory
+        self._catalog = catalog
+        self.policy: FsyncPolicy = entry.config.fsync or fsync
+        interval = entry.config.fsync_interval_ms
+        self._interval = (fsync_interval_ms if interval is None else interval) / 1000
+        self.segments: list[Segment] = []
+        self._bases: list[int] = []  # segments' base offsets, for bisect
+        self.committed = 0  # readers see offsets below this
+        self._durable = 0  # offsets below this are fsynced
+        self._write_lock = trio.Lock()
+        self._appended = trio.Event()  # replaced each time `committed` advances
+        self._syncing = False
+        self._synced = trio.Event()  # replaced after each sync
+        self._group_full = trio.Event()
+        self._dirty_bytes = 0
+        self._last_sync = -float("inf")
+        self._closed: JournalClosedError | None = None
+        self._failed: StorageError | None = None
+        self._appends = self._records = self._bytes = self._fsyncs = 0
+        self._fsync_latency = LatencyHistogram()
+
+    # -- opening --------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        entry: StreamEntry,
+        directory: Path,
+        catalog: Catalog,
+        *,
+        fsync: FsyncPolicy,
+        fsync_interval_ms: int,
+        now_ms: int,
+    ) -> Stream:
+        """Open (and, after a crash, recover) a stream's segments."""
+        self = cls(entry, directory, catalog, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._recover(now_ms)
+        except BaseException:
+            for seg in self.segments:
+                seg.close()
+            raise
+        self._bases = [s.base_offset for s in self.segments]
+        self.committed = self._durable = self.active.next_offset
+        return self
+
+    def _recover(self, now_ms: int) -> None:
+        interval = self.config.index_interval_bytes
+        sealed = self._catalog.sealed_segments(self.id)
+        quarantined = self._catalog.quarantined(self.id)
+        ckpt = self._catalog.checkpoint(self.id)
+        bases = sorted(int(p.stem) for p in self.directory.glob("*.log") if _is_segment(p))
+        for base in set(sealed) - set(bases):
+            self._catalog.forget_segment(self.id, base)  # removed by retention before a crash
+        for i, base in enumerate(bases):
+            path = self.directory / f"{segment_name(base)}.log"
+            is_last = i == len(bases) - 1
+            next_base = None if is_last else bases[i + 1]
+            known = sealed.get(base)
+            if next_base is None and known is not None:
+                next_base = known.next_offset
+            if base in quarantined:
+                self.segments.append(_quarantined(path, base, interval, next_base, quarantined))
+                continue
+            if known is not None:
+                seg, result = Segment.recover(
+                    path, base, interval, trusted=known.size, trusted_next=known.next_offset,
+                    sealed=True, stream=self.name,
+                )  # fmt: skip
+                if result.error is not None:
+                    seg.close()
+                    self._quarantine(seg, result.error, result.position, next_base)
+                    continue
+            elif not is_last:
+                # Rolled but not recorded as sealed before a crash: verify it all once.
+                seg, result = Segment.recover(
+                    path, base, interval, trusted=0, trusted_next=base, sealed=False,
+                    stream=self.name,
+                )  # fmt: skip
+                if result.error is not None:
+                    seg.close()
+                    self._quarantine(seg, result.error, result.position, next_base)
+                    continue
+                seg.flush_index(sync=True)
+                os.fsync(seg.fd)
+                seg.sealed = True
+                self._catalog.seal(self.id, _sealed_entry(seg), _checkpoint_for(ckpt, base))
+            else:
+                trusted = ckpt is not None and ckpt.segment == base
+                seg, result = Segment.recover(
+                    path, base, interval,
+                    trusted=ckpt.position if ckpt is not None and trusted else 0,
+                    trusted_next=ckpt.next_offset if ckpt is not None and trusted else base,
+                    sealed=False, stream=self.name,
+                )  # fmt: skip
+                if result.error is not None:
+                    log.warning(
+                        "stream %s: truncating %s at byte %d: %s",
+                        self.name, path.name, result.position, result.error,
+                    )  # fmt: skip
+                    seg.truncate(result.position)
+                    os.fsync(seg.fd)
+                if ckpt is not None and trusted and seg.next_offset < ckpt.next_offset:
+                    log.error(
+                        "stream %s: %s ends at offset %d but offsets up to %d were fsynced",
+                        self.name, path.name, seg.next_offset, ckpt.next_offset,
+                    )  # fmt: skip
+                seg.created_ms = now_ms if seg.size else None
+            self.segments.append(seg)
+        if not self.segments or self.segments[-1].sealed:
+            start = self.segments[-1].next_offset if self.segments else _start_offset(ckpt)
+            self.segments.append(Segment.create(self.directory, start, interval))
+            self._catalog.set_checkpoint(self.id, Checkpoint(start, 0, start))
+            _fsync_dir(self.directory)
+
+    def _quarantine(self, seg: Segment, reason: str, position: int, next_base: int | None) -> None:
+        """Refuse a sealed segment that failed its checks; keep the file for an operator."""
+        message = f"{reason} (at byte {position})"
+        log.error("stream %s: quarantining %s: %s", self.name, seg.path.name, message)
+        self._catalog.quarantine(self.id, seg.base_offset, message)
+        seg.quarantined = message
+        seg.sealed = True
+        seg.size = seg.path.stat().st_size
+        if next_base is not None:
+            seg.next_offset = next_base
+        if seg not in self.segments:
+            self.segments.append(seg)
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def active(self) -> Segment:
+        return self.segments[-1]
+
+    @property
+    def first_offset(self) -> int:
+        return self.segments[0].base_offset
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the next append will get (it may not be committed yet)."""
+        return self.active.next_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    # -- writing --------------------------------------------------------------
+
+    async def append_records(self, records: list[Record], now_ms: int) -> AppendResult:
+        if not records:
+            raise InvalidBatchError("an append needs at least one record")
+        batches = _encode_split(records, now_ms, self.config.max_batch_bytes)
+        return await self._append(batches, now_ms)
+
+    async def append_raw(self, raw: bytes | bytearray | memoryview, now_ms: int) -> AppendResult:
+        header = check_batch(raw)
+        if header.size != len(raw):
+            raise InvalidBatchError(
+                f"{len(raw) - header.size} bytes after the batch", position=header.size
+            )
+        if header.size > self.config.max_batch_bytes:
+            raise BatchTooLargeError(
+                f"batch of {header.size} bytes exceeds max_batch_bytes="
+                f"{self.config.max_batch_bytes} of stream {self.name!r}"
+            )
+        if header.record_count != header.last_offset_delta + 1:
+            raise InvalidBatchError("record count does not match the last offset delta")
+        return await self._append([bytearray(raw)], now_ms)
+
+    async def _append(self, batches: list[bytearray], now_ms: int) -> AppendResult:
+        self._check_open()
+        if self._failed is not None:
+            raise self._failed
+        size = sum(len(b) for b in batches)
+        async with self._write_lock:
+            self._check_open()
+            seg = self.active
+            if seg.size and (size + seg.size > self.config.segment_bytes or self._aged(now_ms)):
+                await self._roll()
+                seg = self.active
+            base = seg.next_offset
+            start = seg.size
+            try:
+                for batch in batches:
+                    set_base_offset(batch, seg.next_offset)
+                    seg.write(batch, _parse_header(batch, 0))
+            except OSError as exc:
+                seg.truncate(start)
+                seg.next_offset = base
+                raise StorageError(
+                    f"write failed: {exc}", stream=self.name, segment=seg.path.name, position=start
+                ) from exc
+            if seg.created_ms is None:
+                seg.created_ms = now_ms
+            end = seg.next_offset
+            self._appends += 1
+            self._records += end - base
+            self._bytes += size
+            self._dirty_bytes += size
+            if self._dirty_bytes >= GROUP_COMMIT_BYTES:
+                self._group_full.set()
+        if self.policy == "none":
+            if end > self.committed:
+                self._publish(end)
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._wait_durable(end)
+        return AppendResult(base, end - 1)
+
+    def _aged(self, now_ms: int) -> bool:
+        created = self.active.created_ms
+        return created is not None and now_ms - created >= self.config.segment_ms
+
+    async def _wait_durable(self, offset: int) -> None:
+        """Return once offsets below ``offset`` are fsynced (group commit)."""
+        while self._durable < offset:
+            if self._failed is not None:
+                raise self._failed
+            self._check_open()
+            if self._syncing:
+                await self._synced.wait()
+                continue
+            self._syncing = True
+            try:
+                if self.policy == "interval":
+                    delay = self._last_sync + self._interval - trio.current_time()
+                    if delay > 0 and self._dirty_bytes < GROUP_COMMIT_BYTES:
+                        with trio.move_on_after(delay):
+                            await self._group_full.wait()
+                await self._sync()
+            finally:
+                self._syncing = False
+                done, self._synced = self._synced, trio.Event()
+                done.set()
+
+    async def _sync(self) -> None:
+        """fsync the active segment in a worker thread; commit what it covered."""
+        seg = self.active
+        target, position = seg.next_offset, seg.size
+        self._dirty_bytes = 0
+        self._group_full = trio.Event()
+        started = time.perf_counter()
+        try:
+            await trio.to_thread.run_sync(os.fsync, seg.fd)
+        except OSError as exc:
+            # After a failed fsync the page cache may have dropped our bytes:
+            # refuse further writes rather than acknowledge on top of a hole.
+            self._failed = StorageError(
+                f"fsync failed, stream refuses writes until reopened: {exc}",
+                stream=self.name, segment=seg.path.name, position=position,
+            )  # fmt: skip
+            raise self._failed from exc
+        self._fsync_latency.observe(time.perf_counter() - started)
+        self._fsyncs += 1
+        self._last_sync = trio.current_time()
+        if target > self._durable:
+            self._durable = target
+            if seg is self.active:
+                self._catalog.set_checkpoint(self.id, Checkpoint(seg.base_offset, position, target))
+                if len(seg.index) - seg.index_flushed >= _INDEX_FLUSH_ENTRIES:
+                    seg.flush_index()
+            if target > self.committed:
+                self._publish(target)
+
+    def _publish(self, offset: int) -> None:
+        self.committed = offset
+        woken, self._appended = self._appended, trio.Event()
+        woken.set()
+
+    async def _roll(self) -> None:
+        """Seal the active segment and start a new one. Caller holds the write lock."""
+        old = self.active
+        await self._wait_idle_sync()
+        await self._sync()
+        await trio.to_thread.run_sync(partial(old.flush_index, sync=True))
+        old.sealed = True
+        new = Segment.create(self.directory, old.next_offset, self.config.index_interval_bytes)
+        self.segments.append(new)
+        self._bases.append(new.base_offset)
+        checkpoint = Checkpoint(new.base_offset, 0, new.base_offset)
+        self._catalog.seal(self.id, _sealed_entry(old), checkpoint)
+        await trio.to_thread.run_sync(_fsync_dir, self.directory)
+
+    async def _wait_idle_sync(self) -> None:
+        while self._syncing:
+            await self._synced.wait()
+
+    async def roll(self) -> None:
+        """Seal the active segment now (if it holds anything)."""
+        async with self._write_lock:
+            self._check_open()
+            if self.active.size:
+                await self._roll()
+
+    # -- reading --------------------------------------------------------------
+
+    def _check_range(self, offset: int) -> None:
+        self._check_open()
+        if not self.first_offset <= offset <= self.committed:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside stream {self.name!r}",
+                first_offset=self.first_offset,
+                next_offset=self.committed,
+            )
+
+    def read_batches(self, offset: int, max_bytes: int) -> list[bytes]:
+        """Raw batches from the one holding ``offset`` on, about ``max_bytes`` in all.
+
+        The first batch is returned even when it alone is larger than
+        ``max_bytes`` (so a consumer always makes progress); it may start before
+        ``offset``, as in Kafka.
+        """
+        self._check_range(offset)
+        limit = self.committed
+        out: list[bytes] = []
+        budget = max_bytes
+        i = bisect_right(self._bases, offset) - 1
+        while offset < limit and i < len(self.segments):
+            seg = self.segments[i]
+            if seg.quarantined is not None:
+                raise CorruptSegmentError(
+                    f"segment is quarantined: {seg.quarantined}",
+                    stream=self.name, segment=seg.path.name,
+                )  # fmt: skip
+            offset, budget, full = self._read_segment(seg, offset, limit, budget, out)
+            if full:
+                break
+            i += 1
+        return out
+
+    def _read_segment(
+        self, seg: Segment, offset: int, limit: int, budget: int, out: list[bytes]
+    ) -> tuple[int, int, bool]:
+        pos = seg.index.position_for_offset(offset)
+        end = seg.size
+        chunk_size = max(budget, 0) + 2 * self.config.index_interval_bytes
+        buf = b""
+        buf_pos = pos
+        while pos < end:
+            rel = pos - buf_pos
+            if len(buf) - rel < HEADER_SIZE:
+                buf, buf_pos, rel = seg.read(pos, min(chunk_size, end - pos)), pos, 0
+            header = self._header_at(seg, buf, rel, pos)
+            if header.base_offset >= limit:
+                return offset, budget, True
+            size = header.size
+            if header.next_offset > offset:
+                if out and size > budget:
+                    return offset, budget, True
+                if len(buf) - rel < size:
+                    buf, buf_pos, rel = seg.read(pos, max(size, min(chunk_size, end - pos))), pos, 0
+                self._verify(seg, buf, rel, pos)
+                out.append(buf if rel == 0 and size == len(buf) else buf[rel : rel + size])
+                budget -= size
+                offset = header.next_offset
+            pos += size
+        return offset, budget, budget <= 0
+
+    def _header_at(self, seg: Segment, buf: bytes, rel: int, pos: int) -> BatchHeader:
+        try:
+            return _parse_header(buf, rel)
+        except InvalidBatchError as exc:
+            raise self._corrupt(seg, str(exc), pos) from None
+
+    def _verify(self, seg: Segment, buf: bytes, rel: int, pos: int) -> None:
+        try:
+            check_batch(buf, rel)
+        except InvalidBatchError as exc:
+            raise self._corrupt(seg, str(exc), pos) from None
+
+    def _corrupt(self, seg: Segment, reason: str, pos: int) -> StorageError:
+        """A batch on disk failed its checks: quarantine a sealed segment, never serve it."""
+        if seg.sealed and seg.quarantined is None:
+            self._quarantine(seg, reason, pos, None)
+            seg.close()
+        cls = CorruptSegmentError if seg.sealed else StorageError
+        return cls(
+            f"corrupt batch: {reason}", stream=self.name, segment=seg.path.name, position=pos
+        )
+
+    def read(self, offset: int, max_bytes: int) -> list[Record]:
+        records: list[Record] = []
+        for raw in self.read_batches(offset, max_bytes):
+            _, batch = decode_batch(raw)
+            if batch and batch[0].offset is not None and batch[0].offset < offset:
+                batch = [r for r in batch if r.offset is not None and r.offset >= offset]
+            records += batch
+        return records
+
+    def offset_for_time(self, timestamp: int) -> int | None:
+        """The first committed offset whose timestamp is >= ``timestamp``."""
+        self._check_open()
+        for seg in self.segments:
+            if seg.quarantined is not None or seg.max_timestamp < timestamp:
+                continue
+            pos = seg.index.position_for_time(timestamp)
+            found: list[int] = []
+
+            def first_match(p: int, header: BatchHeader, found: list[int] = found) -> None:
+                if not found and header.max_timestamp >= timestamp:
+                    found.append(p)
+
+            start_offset = self._offset_at(seg, pos)
+            scan_batches(seg.fd, pos, seg.size, start_offset, verify=False, on_batch=first_match)
+            if not found:
+                continue
+            raw = seg.read(found[0], _parse_header(seg.read(found[0], HEADER_SIZE), 0).size)
+            self._verify(seg, raw, 0, found[0])
+            for rec in decode_batch(raw)[1]:
+                if rec.timestamp is not None and rec.timestamp >= timestamp:
+                    off = rec.offset
+                    return off if off is not None and off < self.committed else None
+        return None
+
+    def _offset_at(self, seg: Segment, pos: int) -> int:
+        if pos == 0:
+            return seg.base_offset
+        return _parse_header(seg.read(pos, HEADER_SIZE), 0).base_offset
+
+    async def wait_for(self, offset: int) -> None:
+        """Wait until ``offset`` is committed (readable). Never polls."""
+        while self.committed <= offset:
+            self._check_open()
+            await self._appended.wait()
+        self._check_open()
+
+    # -- maintenance ----------------------------------------------------------
+
+    async def maintain(self, now_ms: int) -> int:
+        """Roll an aged active segment, then apply retention; returns segments removed."""
+        if self._closed is None and self.active.size and self._aged(now_ms):
+            async with self._write_lock:
+                if self._closed is None and self.active.size and self._aged(now_ms):
+                    await self._roll()
+        return self.apply_retention(now_ms)
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete whole sealed segments past ``retention_bytes``/``retention_ms``."""
+        cfg = self.config
+        removed = 0
+        total = self.size_bytes
+        while len(self.segments) > 1 and self._closed is None:
+            seg = self.segments[0]
+            too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
+            too_old = cfg.retention_ms is not None and 0 <= seg.max_timestamp < (
+                now_ms - cfg.retention_ms
+            )
+            if not (too_big or too_old):
+                break
+            self._catalog.forget_segment(self.id, seg.base_offset)
+            seg.remove()
+            del self.segments[0], self._bases[0]
+            total -= seg.size
+            removed += 1
+        return removed
+
+    # -- closing --------------------------------------------------------------
+
+    async def close(self, *, deleted: bool = False) -> None:
+        """Make everything durable, checkpoint, and close the files."""
+        with trio.CancelScope(shield=True):
+            async with self._write_lock:
+                await self._wait_idle_sync()
+                if self._closed is not None:
+                    return
+                seg = self.active
+                if not deleted and self._failed is None:
+                    await self._sync()
+                    seg.flush_index()
+                    self._catalog.set_checkpoint(
+                        self.id, Checkpoint(seg.base_offset, seg.size, seg.next_offset)
+                    )
+                self._shut(StreamDeletedError if deleted else JournalClosedError)
+
+    def abandon(self) -> None:
+        """Close the files as a crash would: no fsync, no checkpoint (for tests)."""
+        self._shut(JournalClosedError)
+
+    def _shut(self, error: type[JournalClosedError]) -> None:
+        self._closed = error(f"stream {self.name!r} is closed")
+        for seg in self.segments:
+            seg.close()
+        woken, self._appended = self._appended, trio.Event()
+        woken.set()
+        self._synced.set()
+
+    # -- statistics -----------------------------------------------------------
+
+    def statistics(self) -> StreamStatistics:
+        return StreamStatistics(
+            name=self.name,
+            first_offset=self.first_offset,
+            next_offset=self.committed,
+            size_bytes=self.size_bytes,
+            segments=len(self.segments),
+            quarantined_segments=sum(s.quarantined is not None for s in self.segments),
+            appends=self._appends,
+            records=self._records,
+            bytes_appended=self._bytes,
+            fsyncs=self._fsyncs,
+            fsync_latency=self._fsync_latency.copy(),
+        )
+
+
+def _encode_split(records: list[Record], now_ms: int, limit: int) -> list[bytearray]:
+    """Encode records into batches no larger than ``limit`` (split in halves)."""
+    batch = encode_batch(records, now_ms=now_ms)
+    if len(batch) <= limit or len(records) == 1:
+        if len(batch) > limit:
+            raise BatchTooLargeError(f"a record of {len(batch)} bytes exceeds max_batch_bytes")
+        return [bytearray(batch)]
+    half = len(records) // 2
+    return _encode_split(records[:half], now_ms, limit) + _encode_split(
+        records[half:], now_ms, limit
+    )
+
+
+def _is_segment(path: Path) -> bool:
+    return len(path.stem) == 20 and path.stem.isdigit()
+
+
+def _sealed_entry(seg: Segment) -> SealedSegment:
+    return SealedSegment(seg.base_offset, seg.size, seg.next_offset, seg.max_timestamp)
+
+
+def _checkpoint_for(ckpt: Checkpoint | None, base: int) -> Checkpoint:
+    return ckpt if ckpt is not None else Checkpoint(base, 0, base)
+
+
+def _start_offset(ckpt: Checkpoint | None) -> int:
+    return 0 if ckpt is None else ckpt.next_offset
+
+
+def _quarantined(
+    path: Path, base: int, interval: int, next_base: int | None, reasons: dict[int, str]
+) -> Segment:
+    seg = Segment(path, base, -1, SparseIndex(base, interval), sealed=True)
+    seg.quarantined = reasons[base]
+    seg.size = path.stat().st_size
+    seg.next_offset = next_base if next_base is not None else base
+    return seg
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
