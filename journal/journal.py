@@ -340,8 +340,8 @@ class Journal:
         )
 
 
-def _ignore(position: int, header: BatchHeader) -> None:
-    pass
+def _ignore(position: int, header: BatchHeader) -> bool:
+    return False
 
 
 def _check_name(name: str) -> None:

@@ -23,6 +23,8 @@ import logging
 import os
 import time
 from bisect import bisect_right
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -308,18 +310,30 @@ class Stream:
             if self._syncing:
                 await self._synced.wait()
                 continue
-            self._syncing = True
-            try:
+            async with self._leading():
                 if self.policy == "interval":
                     delay = self._last_sync + self._interval - trio.current_time()
                     if delay > 0 and self._dirty_bytes < GROUP_COMMIT_BYTES:
                         with trio.move_on_after(delay):
                             await self._group_full.wait()
                 await self._sync()
-            finally:
-                self._syncing = False
-                done, self._synced = self._synced, trio.Event()
-                done.set()
+
+    @asynccontextmanager
+    async def _leading(self) -> AsyncIterator[None]:
+        """Be the one task that fsyncs; the others wait for ``_synced``.
+
+        Exclusive, so a roll or a close never seals or closes a file while a
+        worker thread is still fsyncing it.
+        """
+        while self._syncing:
+            await self._synced.wait()
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+            done, self._synced = self._synced, trio.Event()
+            done.set()
 
     async def _sync(self) -> None:
         """fsync the active segment in a worker thread; commit what it covered."""
@@ -358,8 +372,8 @@ class Stream:
     async def _roll(self) -> None:
         """Seal the active segment and start a new one. Caller holds the write lock."""
         old = self.active
-        await self._wait_idle_sync()
-        await self._sync()
+        async with self._leading():
+            await self._sync()
         await trio.to_thread.run_sync(partial(old.flush_index, sync=True))
         old.sealed = True
         new = Segment.create(self.directory, old.next_offset, self.config.index_interval_bytes)
@@ -368,10 +382,6 @@ class Stream:
         checkpoint = Checkpoint(new.base_offset, 0, new.base_offset)
         self._catalog.seal(self.id, _sealed_entry(old), checkpoint)
         await trio.to_thread.run_sync(_fsync_dir, self.directory)
-
-    async def _wait_idle_sync(self) -> None:
-        while self._syncing:
-            await self._synced.wait()
 
     async def roll(self) -> None:
         """Seal the active segment now (if it holds anything)."""
@@ -484,9 +494,10 @@ class Stream:
             pos = seg.index.position_for_time(timestamp)
             found: list[int] = []
 
-            def first_match(p: int, header: BatchHeader, found: list[int] = found) -> None:
-                if not found and header.max_timestamp >= timestamp:
+            def first_match(p: int, header: BatchHeader, found: list[int] = found) -> bool:
+                if header.max_timestamp >= timestamp:
                     found.append(p)
+                return bool(found)
 
             start_offset = self._offset_at(seg, pos)
             scan_batches(seg.fd, pos, seg.size, start_offset, verify=False, on_batch=first_match)
@@ -520,6 +531,8 @@ class Stream:
             async with self._write_lock:
                 if self._closed is None and self.active.size and self._aged(now_ms):
                     await self._roll()
+        if self.policy != "none" and self._durable < self.next_offset and self._closed is None:
+            await self._wait_durable(self.next_offset)  # appends whose callers were cancelled
         return self.apply_retention(now_ms)
 
     def apply_retention(self, now_ms: int) -> int:
@@ -547,8 +560,7 @@ class Stream:
     async def close(self, *, deleted: bool = False) -> None:
         """Make everything durable, checkpoint, and close the files."""
         with trio.CancelScope(shield=True):
-            async with self._write_lock:
-                await self._wait_idle_sync()
+            async with self._write_lock, self._leading():
                 if self._closed is not None:
                     return
                 seg = self.active

@@ -49,13 +49,14 @@ def scan_batches(
     next_offset: int,
     *,
     verify: bool,
-    on_batch: Callable[[int, BatchHeader], None],
+    on_batch: Callable[[int, BatchHeader], bool | None],
 ) -> ScanResult:
     """Walk the batches in ``fd[start:end]``, calling ``on_batch`` for each good one.
 
     With ``verify`` every batch's CRC32C is checked, otherwise only headers are
     read. The walk stops at the first batch that is torn, fails its checks or
-    does not continue the offsets; the result says where.
+    does not continue the offsets; the result says where. ``on_batch``
+    returning true stops the walk after that batch.
     """
     pos = start
     buf = b""
@@ -80,9 +81,11 @@ def scan_batches(
             return ScanResult(
                 pos, next_offset, f"offset {header.base_offset} where {next_offset} was expected"
             )
-        on_batch(pos, header)
+        stop = on_batch(pos, header)
         pos += header.size
         next_offset = header.next_offset
+        if stop:
+            break
     return ScanResult(pos, next_offset)
 
 
@@ -209,8 +212,9 @@ class Segment:
             last = self.index.last_entry()
         return 0, self.base_offset
 
-    def _observe(self, pos: int, header: BatchHeader) -> None:
+    def _observe(self, pos: int, header: BatchHeader) -> bool:
         self.index.observe(pos, header.base_offset, header.max_timestamp)
+        return False
 
     def close(self) -> None:
         if self.fd >= 0:
