@@ -68,6 +68,7 @@ class InvalidBatchError(RemoteProtocolError, ValueError):
 
     def __init__(self, message: str, *, position: int = 0) -> None:
         super().__init__(f"{message} (at byte {position})")
+        self.reason = message
         self.position = position
 
 

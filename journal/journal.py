@@ -238,10 +238,12 @@ class Journal:
     # -- writing ----------------------------------------------------------------
 
     async def append(self, name: str, records: Sequence[Record]) -> AppendResult:
-        """Append records as one atomic unit; returns once durable under the policy.
+        """Append records; returns once they are durable under the stream's policy.
 
-        Lists larger than the stream's ``max_batch_bytes`` are stored as
-        several consecutive batches.
+        The records get consecutive offsets and are stored as one batch, which
+        a crash keeps whole or drops whole. A list larger than the stream's
+        ``max_batch_bytes`` is stored as several consecutive batches: a crash
+        before the acknowledgement may keep a prefix of those batches.
         """
         return await self._stream(name).append_records(list(records), self._clock())
 

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from bisect import bisect_right
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -406,7 +406,8 @@ class Stream:
 
         The first batch is returned even when it alone is larger than
         ``max_bytes`` (so a consumer always makes progress); it may start before
-        ``offset``, as in Kafka.
+        ``offset``, as in Kafka. A quarantined segment ends the read; it raises
+        only when the first batch asked for lies in it.
         """
         self._check_range(offset)
         limit = self.committed
@@ -415,12 +416,12 @@ class Stream:
         i = bisect_right(self._bases, offset) - 1
         while offset < limit and i < len(self.segments):
             seg = self.segments[i]
-            if seg.quarantined is not None:
-                raise CorruptSegmentError(
-                    f"segment is quarantined: {seg.quarantined}",
-                    stream=self.name, segment=seg.path.name,
-                )  # fmt: skip
-            offset, budget, full = self._read_segment(seg, offset, limit, budget, out)
+            try:
+                offset, budget, full = self._read_segment(seg, offset, limit, budget, out)
+            except CorruptSegmentError:
+                if out:
+                    break
+                raise
             if full:
                 break
             i += 1
@@ -429,7 +430,12 @@ class Stream:
     def _read_segment(
         self, seg: Segment, offset: int, limit: int, budget: int, out: list[bytes]
     ) -> tuple[int, int, bool]:
-        pos = seg.index.position_for_offset(offset)
+        if seg.quarantined is not None:
+            raise CorruptSegmentError(
+                f"segment is quarantined: {seg.quarantined}",
+                stream=self.name, segment=seg.path.name,
+            )  # fmt: skip
+        pos = self._checked_entry(seg, lambda: seg.index.entry_for_offset(offset))[1]
         end = seg.size
         chunk_size = max(budget, 0) + 2 * self.config.index_interval_bytes
         buf = b""
@@ -454,17 +460,38 @@ class Stream:
             pos += size
         return offset, budget, budget <= 0
 
+    def _checked_entry(
+        self, seg: Segment, lookup: Callable[[], tuple[int, int]]
+    ) -> tuple[int, int]:
+        """The index entry (offset, position) ``lookup`` finds, checked against the log.
+
+        An entry that does not point at the batch it names means the index, not
+        the log, is damaged: rebuild it from the headers rather than condemn a
+        good segment.
+        """
+        entry_offset, pos = lookup()
+        try:
+            if _parse_header(seg.read(pos, HEADER_SIZE), 0).base_offset == entry_offset:
+                return entry_offset, pos
+        except InvalidBatchError:
+            pass
+        log.warning("stream %s: rebuilding the damaged index of %s", self.name, seg.path.name)
+        problem = seg.rebuild_index()
+        if problem is not None:
+            raise self._corrupt(seg, problem, pos)
+        return lookup()
+
     def _header_at(self, seg: Segment, buf: bytes, rel: int, pos: int) -> BatchHeader:
         try:
             return _parse_header(buf, rel)
         except InvalidBatchError as exc:
-            raise self._corrupt(seg, str(exc), pos) from None
+            raise self._corrupt(seg, exc.reason, pos) from None
 
     def _verify(self, seg: Segment, buf: bytes, rel: int, pos: int) -> None:
         try:
             check_batch(buf, rel)
         except InvalidBatchError as exc:
-            raise self._corrupt(seg, str(exc), pos) from None
+            raise self._corrupt(seg, exc.reason, pos) from None
 
     def _corrupt(self, seg: Segment, reason: str, pos: int) -> StorageError:
         """A batch on disk failed its checks: quarantine a sealed segment, never serve it."""
@@ -491,7 +518,7 @@ class Stream:
         for seg in self.segments:
             if seg.quarantined is not None or seg.max_timestamp < timestamp:
                 continue
-            pos = seg.index.position_for_time(timestamp)
+            start_offset, pos = self._checked_entry(seg, partial(_time_entry, seg, timestamp))
             found: list[int] = []
 
             def first_match(p: int, header: BatchHeader, found: list[int] = found) -> bool:
@@ -499,22 +526,21 @@ class Stream:
                     found.append(p)
                 return bool(found)
 
-            start_offset = self._offset_at(seg, pos)
-            scan_batches(seg.fd, pos, seg.size, start_offset, verify=False, on_batch=first_match)
+            result = scan_batches(
+                seg.fd, pos, seg.size, start_offset, verify=False, on_batch=first_match
+            )
             if not found:
+                if result.error is not None:
+                    raise self._corrupt(seg, result.error, result.position)
                 continue
-            raw = seg.read(found[0], _parse_header(seg.read(found[0], HEADER_SIZE), 0).size)
+            header = self._header_at(seg, seg.read(found[0], HEADER_SIZE), 0, found[0])
+            raw = seg.read(found[0], header.size)
             self._verify(seg, raw, 0, found[0])
             for rec in decode_batch(raw)[1]:
                 if rec.timestamp is not None and rec.timestamp >= timestamp:
                     off = rec.offset
                     return off if off is not None and off < self.committed else None
         return None
-
-    def _offset_at(self, seg: Segment, pos: int) -> int:
-        if pos == 0:
-            return seg.base_offset
-        return _parse_header(seg.read(pos, HEADER_SIZE), 0).base_offset
 
     async def wait_for(self, offset: int) -> None:
         """Wait until ``offset`` is committed (readable). Never polls."""
@@ -613,6 +639,10 @@ def _encode_split(records: list[Record], now_ms: int, limit: int) -> list[bytear
     return _encode_split(records[:half], now_ms, limit) + _encode_split(
         records[half:], now_ms, limit
     )
+
+
+def _time_entry(seg: Segment, timestamp: int) -> tuple[int, int]:
+    return seg.index.entry_for_time(timestamp)
 
 
 def _is_segment(path: Path) -> bool:

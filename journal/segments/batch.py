@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from crc32c import crc32c
 
-from journal.errors import InvalidBatchError, UnsupportedCompressionError
+from journal.errors import InvalidBatchError, LocalProtocolError, UnsupportedCompressionError
 from journal.records import Header, Record
 
 __all__ = [
@@ -192,9 +192,13 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         z |= (b & 0x7F) << shift
         if b < 0x80:
+            if z >> 64:
+                raise InvalidBatchError("varint overflows 64 bits", position=pos)
             return (z >> 1) ^ -(z & 1), pos
         shift += 7
         if shift > 63:
+            if z >> 64:
+                raise InvalidBatchError("varint overflows 64 bits", position=pos)
             raise InvalidBatchError("varint longer than 10 bytes", position=pos)
 
 
@@ -213,12 +217,11 @@ def encode_batch(
 ) -> bytes:
     """Encode records (uncompressed) into one batch.
 
-    Records without a timestamp get ``now_ms``. Raises
-    :class:`~journal.errors.LocalProtocolError` subclasses for values the
-    format cannot carry (an empty batch).
+    Records without a timestamp get ``now_ms``. An empty list raises
+    :class:`~journal.errors.LocalProtocolError`: the format has no empty batch.
     """
     if not records:
-        raise InvalidBatchError("a batch needs at least one record")
+        raise LocalProtocolError("a batch needs at least one record")
     first_ts = records[0].timestamp
     base_ts = now_ms if first_ts is None else first_ts
     max_ts = base_ts
@@ -284,12 +287,18 @@ def decode_batch(
             raise InvalidBatchError(f"bad gzip data: {exc}", position=pos) from None
         if inflater.unconsumed_tail:
             raise InvalidBatchError("decompressed batch too large", position=pos)
+        if not inflater.eof or inflater.unused_data:
+            raise InvalidBatchError("gzip data is cut short or followed by junk", position=pos)
     elif codec != COMPRESSION_NONE:
         raise UnsupportedCompressionError(
             f"cannot decompress {header.compression} batches", position=pos
         )
     try:
         records = _decode_records(data, header)
+    except InvalidBatchError as exc:
+        # Positions inside compressed data mean nothing to a reader: name the batch.
+        where = pos if codec != COMPRESSION_NONE else pos + HEADER_SIZE + exc.position
+        raise InvalidBatchError(exc.reason, position=where) from None
     except IndexError:
         raise InvalidBatchError("record runs past the end of the batch", position=pos) from None
     except UnicodeDecodeError:
@@ -330,6 +339,8 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
             value = data[pos : pos + vlen]
             pos += vlen
         nheaders, pos = read(data, pos)
+        if nheaders < 0:
+            raise InvalidBatchError("negative header count", position=pos)
         headers: list[Header] = []
         for _ in range(nheaders):
             hklen, pos = read(data, pos)

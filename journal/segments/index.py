@@ -36,11 +36,11 @@ _NO_TIMESTAMP = -1
 class SparseIndex:
     """Sampled (relative offset, position, max timestamp before) entries."""
 
-    __slots__ = ("_interval", "base_offset", "max_timestamp", "positions", "relative", "times")
+    __slots__ = ("base_offset", "interval", "max_timestamp", "positions", "relative", "times")
 
     def __init__(self, base_offset: int, interval: int) -> None:
         self.base_offset = base_offset
-        self._interval = interval
+        self.interval = interval
         self.relative = array("I")
         self.positions = array("I")
         self.times = array("q")
@@ -51,28 +51,39 @@ class SparseIndex:
 
     def observe(self, position: int, base_offset: int, max_timestamp: int) -> None:
         """Account for a batch appended at ``position``; called for every batch."""
-        if not self.positions or position - self.positions[-1] >= self._interval:
+        if not self.positions or position - self.positions[-1] >= self.interval:
             self.relative.append(base_offset - self.base_offset)
             self.positions.append(position)
             self.times.append(self.max_timestamp)
         if max_timestamp > self.max_timestamp:
             self.max_timestamp = max_timestamp
 
-    def position_for_offset(self, offset: int) -> int:
-        """Byte position from which a header walk finds ``offset``."""
+    def entry_for_offset(self, offset: int) -> tuple[int, int]:
+        """(offset, position) of a batch boundary from which a header walk finds ``offset``."""
         i = bisect_right(self.relative, offset - self.base_offset) - 1
-        return self.positions[i] if i >= 0 else 0
+        if i < 0:
+            return self.base_offset, 0
+        return self.base_offset + self.relative[i], self.positions[i]
 
-    def position_for_time(self, timestamp: int) -> int:
-        """Byte position before which no batch has a timestamp >= ``timestamp``."""
+    def entry_for_time(self, timestamp: int) -> tuple[int, int]:
+        """(offset, position) of a boundary before which no batch reaches ``timestamp``."""
         i = bisect_left(self.times, timestamp) - 1
-        return self.positions[i] if i >= 0 else 0
+        if i < 0:
+            return self.base_offset, 0
+        return self.base_offset + self.relative[i], self.positions[i]
 
     def truncate(self, position: int) -> None:
-        """Forget entries at or after ``position`` (the log was cut there)."""
+        """Forget entries at or after ``position``, a batch boundary.
+
+        The first forgotten entry knew the largest timestamp before it; that is
+        exact when ``position`` is an entry's own position (the callers' case:
+        recovery resumes at an entry, and a torn tail is cut after the last
+        entry it observed).
+        """
         keep = bisect_left(self.positions, position)
-        del self.relative[keep:], self.positions[keep:], self.times[keep:]
-        self.max_timestamp = self.times[-1] if keep else _NO_TIMESTAMP
+        if keep < len(self.positions):
+            self.max_timestamp = self.times[keep]
+            del self.relative[keep:], self.positions[keep:], self.times[keep:]
 
     def last_entry(self) -> tuple[int, int] | None:
         """(offset, position) of the newest entry, for a walk that resumes there."""

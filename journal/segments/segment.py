@@ -76,7 +76,7 @@ def scan_batches(
             elif pos + header.size > end:
                 raise InvalidBatchError("truncated batch", position=rel)
         except InvalidBatchError as exc:
-            return ScanResult(pos, next_offset, str(exc))
+            return ScanResult(pos, next_offset, exc.reason)
         if header.base_offset != next_offset:
             return ScanResult(
                 pos, next_offset, f"offset {header.base_offset} where {next_offset} was expected"
@@ -182,8 +182,7 @@ class Segment:
                     )  # fmt: skip
             seg.size = result.position
             seg.next_offset = result.next_offset
-            n_on_disk = min(len(offsets) // 8, len(times) // 12)
-            if sealed and result.error is None and len(seg.index) != n_on_disk:
+            if sealed and result.error is None and seg.index.encode() != (offsets, times):
                 seg.flush_index(sync=True)  # the index files were missing or damaged
             elif sealed:
                 seg.index_flushed = len(seg.index)
@@ -250,6 +249,24 @@ class Segment:
         self.size = pos + len(view)
         self.next_offset = header.next_offset
         self.index.observe(pos, header.base_offset, header.max_timestamp)
+
+    def rebuild_index(self) -> str | None:
+        """Rebuild the index by walking every header; returns the problem found, if any."""
+        index = SparseIndex(self.base_offset, self.index.interval)
+
+        def observe(pos: int, header: BatchHeader) -> bool:
+            index.observe(pos, header.base_offset, header.max_timestamp)
+            return False
+
+        result = scan_batches(
+            self.fd, 0, self.size, self.base_offset, verify=False, on_batch=observe
+        )
+        if result.error is not None or result.position != self.size:
+            return result.error or "the log ends before its recorded size"
+        self.index = index
+        self.index_flushed = 0
+        self.flush_index(sync=self.sealed)
+        return None
 
     def flush_index(self, *, sync: bool = False) -> None:
         """Write index entries not yet in the index files (fsync when sealing)."""
