@@ -106,21 +106,36 @@ class Journal:
         """
         if fsync not in FSYNC_POLICIES:
             raise InvalidConfigError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
+        if not isinstance(fsync_interval_ms, int) or fsync_interval_ms < 0:
+            raise InvalidConfigError(
+                f"fsync_interval_ms must be an integer >= 0, not {fsync_interval_ms!r}"
+            )
+        if not maintenance_interval > 0:
+            raise InvalidConfigError(
+                f"maintenance_interval must be > 0 seconds, not {maintenance_interval!r}"
+            )
         root = Path(path)
         (root / "streams").mkdir(parents=True, exist_ok=True)
         _raise_open_file_limit()
         catalog = Catalog(root / "catalog")
         journal = cls(root, catalog, fsync=fsync, fsync_interval_ms=fsync_interval_ms, clock=clock)
+        body_error: Exception | None = None
         try:
             journal._recover()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(journal._maintenance, maintenance_interval)
                 try:
                     yield journal
+                except Exception as exc:
+                    # Re-raised below, outside the nursery, so that callers can
+                    # catch e.g. OffsetOutOfRangeError and not an ExceptionGroup.
+                    body_error = exc
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
             await journal._close()
+        if body_error is not None:
+            raise body_error
 
     def _recover(self) -> None:
         now = self._clock()
@@ -347,9 +362,14 @@ def _ignore(position: int, header: BatchHeader) -> bool:
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME or "\x00" in name:
+    ok = isinstance(name, str) and 0 < len(name) <= _MAX_NAME and "\x00" not in name
+    try:
+        ok = ok and bool(name.encode())
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
         raise InvalidConfigError(
-            f"a stream name is 1..{_MAX_NAME} characters without NUL, not {name!r}"
+            f"a stream name is 1..{_MAX_NAME} characters of UTF-8 without NUL, not {name!r}"
         )
 
 

@@ -50,6 +50,7 @@ from journal.segments.batch import (
     decode_batch,
     encode_batch,
     set_base_offset,
+    validate_batch,
 )
 from journal.segments.index import SparseIndex
 from journal.segments.segment import Segment, scan_batches, segment_name
@@ -243,18 +244,12 @@ class Stream:
         return await self._append(batches, now_ms)
 
     async def append_raw(self, raw: bytes | bytearray | memoryview, now_ms: int) -> AppendResult:
-        header = check_batch(raw)
-        if header.size != len(raw):
-            raise InvalidBatchError(
-                f"{len(raw) - header.size} bytes after the batch", position=header.size
-            )
-        if header.size > self.config.max_batch_bytes:
+        if len(raw) > self.config.max_batch_bytes:
             raise BatchTooLargeError(
-                f"batch of {header.size} bytes exceeds max_batch_bytes="
+                f"batch of {len(raw)} bytes exceeds max_batch_bytes="
                 f"{self.config.max_batch_bytes} of stream {self.name!r}"
             )
-        if header.record_count != header.last_offset_delta + 1:
-            raise InvalidBatchError("record count does not match the last offset delta")
+        validate_batch(raw)
         return await self._append([bytearray(raw)], now_ms)
 
     async def _append(self, batches: list[bytearray], now_ms: int) -> AppendResult:

@@ -40,6 +40,7 @@ __all__ = [
     "encode_batch",
     "iter_batches",
     "set_base_offset",
+    "validate_batch",
 ]
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
@@ -277,6 +278,30 @@ def decode_batch(
 ) -> tuple[BatchHeader, list[Record]]:
     """Validate and decode the batch at ``pos`` into records with offsets."""
     header = check_batch(buf, pos)
+    records = _records_of(buf, pos, header, build=True)
+    return header, records
+
+
+def validate_batch(buf: bytes | bytearray | memoryview) -> BatchHeader:
+    """Check a client's batch through and through before it is stored.
+
+    Beyond :func:`check_batch`: every record parses, offset deltas run
+    0..n-1 and ``maxTimestamp`` is the records' largest timestamp, so nothing
+    stored can later fail to decode or mislead the time index and retention.
+    Walks the records without building them.
+    """
+    header = check_batch(buf)
+    if header.size != len(buf):
+        raise InvalidBatchError(f"{len(buf) - header.size} bytes after the batch", position=0)
+    if header.record_count < 1 or header.record_count != header.last_offset_delta + 1:
+        raise InvalidBatchError("record count does not match the last offset delta")
+    _records_of(buf, 0, header, build=False)
+    return header
+
+
+def _records_of(
+    buf: bytes | bytearray | memoryview, pos: int, header: BatchHeader, *, build: bool
+) -> list[Record]:
     data = bytes(memoryview(buf)[pos + HEADER_SIZE : pos + header.size])
     codec = header.attributes & 0x07
     if codec == COMPRESSION_GZIP:
@@ -294,7 +319,7 @@ def decode_batch(
             f"cannot decompress {header.compression} batches", position=pos
         )
     try:
-        records = _decode_records(data, header)
+        return _decode_records(data, header, build)
     except InvalidBatchError as exc:
         # Positions inside compressed data mean nothing to a reader: name the batch.
         where = pos if codec != COMPRESSION_NONE else pos + HEADER_SIZE + exc.position
@@ -303,18 +328,21 @@ def decode_batch(
         raise InvalidBatchError("record runs past the end of the batch", position=pos) from None
     except UnicodeDecodeError:
         raise InvalidBatchError("header key is not UTF-8", position=pos) from None
-    return header, records
 
 
-def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
+def _decode_records(data: bytes, header: BatchHeader, build: bool) -> list[Record]:
+    """Parse every record; ``build=False`` only checks them, strictly (see validate_batch)."""
     read = _read_varint
     base_offset = header.base_offset
     base_ts = header.base_timestamp
     fixed_ts = header.max_timestamp if header.log_append_time else None
+    max_ts = -1 << 63
     out: list[Record] = []
     pos = 0
     end = len(data)
-    for _ in range(header.record_count):
+    key: bytes | None = None
+    value: bytes | None = None
+    for index in range(header.record_count):
         length, pos = read(data, pos)
         stop = pos + length
         if length < 0 or stop > end:
@@ -325,19 +353,19 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
         klen, pos = read(data, pos)
         if klen < -1:
             raise InvalidBatchError("bad key length", position=pos)
-        if klen == -1:
-            key = None
-        else:
-            key = data[pos : pos + klen]
+        if klen >= 0:
+            key = data[pos : pos + klen] if build else None
             pos += klen
+        elif build:
+            key = None
         vlen, pos = read(data, pos)
         if vlen < -1:
             raise InvalidBatchError("bad value length", position=pos)
-        if vlen == -1:
-            value = None
-        else:
-            value = data[pos : pos + vlen]
+        if vlen >= 0:
+            value = data[pos : pos + vlen] if build else None
             pos += vlen
+        elif build:
+            value = None
         nheaders, pos = read(data, pos)
         if nheaders < 0:
             raise InvalidBatchError("negative header count", position=pos)
@@ -361,15 +389,18 @@ def _decode_records(data: bytes, header: BatchHeader) -> list[Record]:
             raise InvalidBatchError("record length does not match its fields", position=pos)
         if offset_delta < 0 or offset_delta > header.last_offset_delta:
             raise InvalidBatchError("record offset outside the batch", position=pos)
-        out.append(
-            Record(
-                value,
-                key,
-                headers,
-                base_ts + ts_delta if fixed_ts is None else fixed_ts,
-                base_offset + offset_delta,
-            )
-        )
+        if build:
+            ts = base_ts + ts_delta if fixed_ts is None else fixed_ts
+            out.append(Record(value, key, headers, ts, base_offset + offset_delta))
+        else:
+            if offset_delta != index:
+                raise InvalidBatchError("record offsets are not consecutive", position=pos)
+            if base_ts + ts_delta > max_ts:
+                max_ts = base_ts + ts_delta
     if pos != end:
         raise InvalidBatchError("bytes left after the last record", position=pos)
+    if not build and fixed_ts is None and max_ts != header.max_timestamp:
+        raise InvalidBatchError(
+            f"maxTimestamp {header.max_timestamp} is not the records' largest, {max_ts}"
+        )
     return out
