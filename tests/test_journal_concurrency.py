@@ -23,7 +23,9 @@ the test jumps it), so nothing depends on real-time sleeps.
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import threading
 from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -218,20 +220,25 @@ async def test_ten_streams_appended_in_parallel(tmp_path: Path) -> None:
 
 
 async def test_fsync_wait_on_one_stream_does_not_delay_another(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # mock_clock: trio time stands still until the test jumps it, so stream A's
-    # interval fsync (60 s after its previous one) cannot happen by itself. Only as
-    # a watchdog, should B wait for A (a bug): after 10 real seconds with every
-    # task blocked, time jumps, A's fsync happens, and the order check fails.
-    mock_clock.autojump_threshold = 10
+    # Stream A's fsync is held inside its worker thread until the test lets it go;
+    # meanwhile every append to stream B must be fsynced and acknowledged.
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if "-a" in os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 2)[-2]:
+            entered.set()
+            release.wait(timeout=60)
+        real_fsync(fd)
+
     log: list[str] = []
     a_acked = trio.Event()
-    async with Journal.open(tmp_path, fsync="none") as j:
-        await j.create_stream("a", StreamConfig(fsync="interval", fsync_interval_ms=60_000))
-        await j.create_stream("b", StreamConfig(fsync="always"))
-        await j.append("a", [Record(b"a0")])  # no fsync before: this one syncs at once
-        assert j.statistics("a").fsyncs == 1
+    async with Journal.open(tmp_path, fsync="always") as j:
+        await j.create_stream("a")
+        await j.create_stream("b")
+        monkeypatch.setattr(os, "fsync", fsync)
 
         async def append_a() -> None:
             await j.append("a", [Record(b"a1")])
@@ -243,33 +250,46 @@ async def test_fsync_wait_on_one_stream_does_not_delay_another(
                 await j.append("b", [Record(f"b{task}:{seq}".encode())])
                 log.append("b")
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(append_a)
-            await trio.testing.wait_all_tasks_blocked()
-            # a1 is written but parked, waiting for stream A's next fsync; until
-            # then readers do not see it.
-            assert j.statistics("a").appends == 2
-            assert j.stream_info("a").next_offset == 1
-            assert [r.value for r in await j.read("a", 0)] == [b"a0"]
-            assert await j.read("a", 1) == []
-            assert not a_acked.is_set()
-
-            async with trio.open_nursery() as writers:
-                for task in range(4):
-                    writers.start_soon(append_b, task)
-            # All of B's appends were fsynced and acknowledged meanwhile.
-            assert log == ["b"] * 20
-            assert j.stream_info("b").next_offset == 20
-            assert j.statistics("b").fsyncs >= 1
-            assert not a_acked.is_set()
-            assert j.stream_info("a").next_offset == 1
-
-            mock_clock.jump(60)
-            await a_acked.wait()
-
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(append_a)
+                await trio.to_thread.run_sync(entered.wait, 60)
+                # a1 is written but its fsync is stuck: readers do not see it yet.
+                assert j.statistics("a").appends == 1
+                assert j.stream_info("a").next_offset == 0
+                async with trio.open_nursery() as writers:
+                    for task in range(4):
+                        writers.start_soon(append_b, task)
+                # All of B's appends were fsynced and acknowledged meanwhile.
+                assert log == ["b"] * 20
+                assert j.stream_info("b").next_offset == 20
+                assert j.statistics("b").fsyncs >= 1
+                assert not a_acked.is_set()
+                release.set()
+                await a_acked.wait()
+        finally:
+            release.set()
         assert log == ["b"] * 20 + ["a1"]
-        assert j.stream_info("a").next_offset == 2
-        assert j.statistics("a").fsyncs == 2
+        assert j.stream_info("a").next_offset == 1
+
+
+async def test_interval_holds_the_fsync_only_for_appends_on_their_way(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Under "interval" a lone appender is not delayed; concurrent ones share fsyncs."""
+    async with Journal.open(tmp_path, fsync="interval", fsync_interval_ms=50) as j:
+        await j.create_stream("s")
+        for i in range(5):  # sequential: no sibling to wait for, so no clock time passes
+            before = trio.current_time()
+            await j.append("s", [Record(b"%d" % i)])
+            assert trio.current_time() == before
+        fsyncs = j.statistics("s").fsyncs
+        assert fsyncs == 5
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(j.append, "s", [Record(b"c%d" % i)])
+        assert j.statistics("s").fsyncs - fsyncs < 20
+        assert j.stream_info("s").next_offset == 25
 
 
 # -- tail ---------------------------------------------------------------------------

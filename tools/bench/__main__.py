@@ -1,0 +1,106 @@
+"""Command line of the benchmarks: ``python -m tools.bench journal [--quick] ...``.
+
+Also installed as the ``strata-bench`` script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
+    return value
+
+
+def _concurrency_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, not {text}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"each concurrency must be >= 1, not {text}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench", description="StrataMQ benchmarks."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    jp = sub.add_parser(
+        "journal",
+        help="journal append/read/tail throughput and latency vs the raw disk rate",
+        description="Journal benchmark; see the docstring of tools/bench/journal.py.",
+    )
+    jp.add_argument(
+        "--quick",
+        action="store_true",
+        help="a demo run of a few seconds (tiny budgets, 64 KiB x 1000 skipped)",
+    )
+    jp.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="write under this directory (in a fresh subdirectory, removed afterwards); "
+        "default: a temporary directory under the current directory",
+    )
+    jp.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=None,
+        help="time budget of each write case (default 1.5, or 0.03 with --quick)",
+    )
+    jp.add_argument(
+        "--max-mib",
+        type=_positive_int,
+        default=None,
+        help="bytes budget of each write case in MiB (default 256, or 8 with --quick)",
+    )
+    jp.add_argument(
+        "--concurrency",
+        type=_concurrency_list,
+        default=None,
+        help="appender task counts for fsync=always/interval (default 1,8)",
+    )
+    jp.add_argument(
+        "--fsync-interval-ms",
+        type=_positive_int,
+        default=5,
+        help="fsync interval of the 'interval' policy and its raw reference (default 5)",
+    )
+    jp.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "journal":
+        from tools.bench import journal
+
+        return journal.main(
+            quick=args.quick,
+            directory=args.dir,
+            seconds=args.seconds,
+            max_mib=args.max_mib,
+            concurrency=args.concurrency,
+            fsync_interval_ms=args.fsync_interval_ms,
+            json_path=args.json,
+        )
+    raise AssertionError(args.command)  # argparse refuses unknown subcommands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

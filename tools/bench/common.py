@@ -1,0 +1,77 @@
+"""Small helpers shared by the benchmarks: machine description, percentiles, units."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["MIB", "machine_info", "mib_per_s", "percentile"]
+
+MIB = 1 << 20
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank ``q``-quantile (0 < q <= 1) of already sorted values; nan if empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def mib_per_s(nbytes: int, seconds: float) -> float:
+    return nbytes / MIB / seconds if seconds > 0 else math.nan
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _filesystem(path: Path) -> str:
+    """The mount point, device and type holding ``path`` (from /proc/mounts)."""
+    target = str(path.resolve())
+    best: tuple[str, str, str] | None = None
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                device, mount, fstype = fields[0], fields[1], fields[2]
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and (best is None or len(mount) >= len(best[1])):
+                    best = (device, mount, fstype)
+    except OSError:
+        return "unknown"
+    return "unknown" if best is None else f"{best[2]} on {best[0]} (mounted at {best[1]})"
+
+
+def machine_info(directory: Path) -> dict[str, str | int]:
+    """What the numbers depend on: CPUs, CPU model, Python, kernel, filesystem."""
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        nproc = os.cpu_count() or 0
+    try:
+        import trio
+
+        trio_version = trio.__version__
+    except ImportError:  # pragma: no cover - trio is a dependency
+        trio_version = "absent"
+    return {
+        "nproc": nproc,
+        "cpu_model": _cpu_model(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "trio": trio_version,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "filesystem": _filesystem(directory),
+    }
