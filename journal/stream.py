@@ -5,9 +5,11 @@ lock and without awaiting, stamps offsets into the batch header and writes it
 to the active segment (page cache). Durability is awaited *after* the lock is
 released, so appenders pile up behind one fsync: the first waiter becomes the
 *sync leader*, fsyncs in a worker thread everything written so far, and wakes
-the rest (group commit). Under ``interval`` the leader first waits until
-``fsync_interval_ms`` have passed since the previous fsync, or until about
-1 MiB is waiting, so one fsync serves more appends.
+the rest (group commit). Under ``interval`` the leader holds the fsync back
+while other appends are on their way in, up to ``fsync_interval_ms`` after the
+previous fsync started or until about 1 MiB is waiting, so one fsync serves
+them too; a lone appender is not delayed. Under ``none`` the maintenance task
+fsyncs once a second.
 
 Visibility. Readers see an append once it is acknowledged: after its fsync
 under ``always``/``interval``, at once under ``none``. So no reader ever sees
