@@ -18,6 +18,7 @@ What is covered:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import itertools
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from crc32c import crc32c
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
@@ -41,10 +42,12 @@ from journal.segments.batch import (
     LOG_OVERHEAD,
     BatchHeader,
     check_batch,
+    check_client_batch,
     decode_batch,
     encode_batch,
     iter_batches,
     set_base_offset,
+    validate_batch,
 )
 
 # Byte positions of the header fields, straight from the Kafka spec.
@@ -757,6 +760,7 @@ _BAD: dict[str, BadCase] = {
     },
 }
 
+
 def _bad_params() -> list[object]:
     return [pytest.param(case, id=name) for name, case in _BAD.items()]
 
@@ -891,6 +895,35 @@ def _mutated_batches(draw: st.DrawFn) -> bytes:
 @given(buf=_mutated_batches())
 def test_fuzz_mutated_batches(buf: bytes) -> None:
     _decode_or_invalid(buf)
+
+
+@settings(max_examples=400, deadline=None)
+@given(buf=_mutated_batches())
+def test_fuzz_append_checks(buf: bytes) -> None:
+    """Append-path checks raise only InvalidBatchError; the strict one implies the cheap one.
+
+    ``validate_batch`` (what front ends run on untrusted input) passing means the
+    batch decodes to records with consecutive offsets.
+    """
+    try:
+        header = validate_batch(buf)
+    except InvalidBatchError:
+        with contextlib.suppress(InvalidBatchError):
+            check_client_batch(buf)
+        return
+    assert check_client_batch(buf) == header
+    _, records = decode_batch(buf)
+    assert [r.offset for r in records] == list(range(header.base_offset, header.next_offset))
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=_record_lists(), base_offset=_base_offsets, now_ms=_timestamps)
+def test_encoded_batches_pass_the_append_checks(
+    records: list[Record], base_offset: int, now_ms: int
+) -> None:
+    assume(records)
+    buf = encode_batch(records, base_offset, now_ms=now_ms)
+    assert validate_batch(buf) == check_client_batch(buf) == check_batch(buf)
 
 
 def test_mutation_fuzz_reaches_the_record_parser() -> None:

@@ -297,18 +297,34 @@ def check_client_batch(buf: bytes | bytearray | memoryview) -> BatchHeader:
     if header.record_count < 1 or header.record_count != header.last_offset_delta + 1:
         raise InvalidBatchError("record count does not match the last offset delta")
     if header.attributes & 0x07 == COMPRESSION_NONE:
-        pos, end, read = HEADER_SIZE, len(buf), _read_varint
-        try:
-            for _ in range(header.record_count):
-                length, pos = read(buf, pos)
-                if length < 0:
-                    raise InvalidBatchError("negative record length", position=pos)
-                pos += length
-        except IndexError:
-            pos = end + 1
-        if pos != end:
-            raise InvalidBatchError("record lengths do not fill the batch", position=HEADER_SIZE)
+        _check_record_lengths(bytes(buf) if isinstance(buf, memoryview) else buf, header)
     return header
+
+
+def _check_record_lengths(buf: bytes | bytearray, header: BatchHeader) -> None:
+    """The length prefixes of ``recordCount`` records fill the record area exactly.
+
+    Hot: one- and two-byte varints (records under 8 KiB) are decoded inline.
+    """
+    pos, end = HEADER_SIZE, len(buf)
+    try:
+        for _ in range(header.record_count):
+            z = buf[pos]
+            if z < 0x80:
+                pos += 1
+            elif buf[pos + 1] < 0x80:
+                z = (z & 0x7F) | (buf[pos + 1] << 7)
+                pos += 2
+            else:
+                z, pos = _read_varint(buf, pos)
+                z = (z << 1) ^ (z >> 63)  # back to zigzag form
+            if z & 1:
+                raise InvalidBatchError("negative record length", position=pos)
+            pos += z >> 1
+    except IndexError:
+        pos = end + 1
+    if pos != end:
+        raise InvalidBatchError("record lengths do not fill the batch", position=HEADER_SIZE)
 
 
 def validate_batch(buf: bytes | bytearray | memoryview) -> BatchHeader:

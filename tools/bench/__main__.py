@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=_concurrency_list,
         default=None,
-        help="appender task counts for fsync=always/interval (default 1,8)",
+        help="appender task counts for fsync=always/interval "
+        "(default 1,8,64; targets are judged at the largest)",
     )
     jp.add_argument(
         "--fsync-interval-ms",

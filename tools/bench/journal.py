@@ -159,7 +159,7 @@ class BenchConfig:
     tail_seconds: float = 2.25  # per tail case
     tail_max_samples: int = 20_000
     max_bytes: int = 256 * MIB  # per write case
-    concurrency: tuple[int, ...] = (1, 8)  # for always / interval; none runs C=1
+    concurrency: tuple[int, ...] = (1, 8, 64)  # for always / interval; none runs C=1
     fsync_interval_ms: int = 5
     shapes: tuple[Shape, ...] = tuple(Shape(s, n) for s in RECORD_SIZES for n in BATCH_COUNTS)
     quick: bool = False
@@ -198,7 +198,7 @@ class BenchConfig:
             read_seconds=min(0.3 * secs, 10.0),
             tail_seconds=min(1.5 * secs, 30.0),
             max_bytes=(256 if max_mib is None else max_mib) * MIB,
-            concurrency=concurrency or (1, 8),
+            concurrency=concurrency or (1, 8, 64),
             fsync_interval_ms=fsync_interval_ms,
         )
 
