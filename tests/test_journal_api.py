@@ -465,7 +465,9 @@ async def test_append_batch_rejects_records_disagreeing_with_header(
     bad = _recrc(batch)
     async with Journal.open(tmp_path, fsync="always") as j:
         await _populated(j)
-        refused = Bad("count", InvalidBatchError, "", lambda j: j.append_batch("s", bad))
+        refused = Bad(
+            "count", InvalidBatchError, "offset|record", lambda j: j.append_batch("s", bad)
+        )
         await _check_refused(j, tmp_path, refused)
 
 
