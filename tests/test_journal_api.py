@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import struct
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ import trio
 import trio.testing
 from crc32c import crc32c
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from support import read_all, tail, take
 
 from journal import (
     AppendResult,
@@ -88,31 +89,6 @@ def _logs(root: Path, name: str) -> list[Path]:
 
 def _fields(records: list[Record]) -> list[tuple[Any, ...]]:
     return [(r.offset, r.key, r.value, r.headers, r.timestamp) for r in records]
-
-
-def _tail(j: Journal, name: str, offset: int) -> AsyncGenerator[Record, None]:
-    gen = j.tail(name, offset)
-    assert isinstance(gen, AsyncGenerator)
-    return gen
-
-
-async def _take(gen: AsyncGenerator[Record, None], n: int) -> list[Record]:
-    """The next ``n`` records of a tail."""
-    out: list[Record] = []
-    async for record in gen:
-        out.append(record)
-        if len(out) == n:
-            break
-    return out
-
-
-async def _read_all(j: Journal, name: str, start: int, max_bytes: int = 1 << 20) -> list[Record]:
-    out: list[Record] = []
-    offset = start
-    while chunk := await j.read(name, offset, max_bytes):
-        out += chunk
-        offset = cast(int, chunk[-1].offset) + 1
-    return out
 
 
 def _recrc(batch: bytearray) -> bytes:
@@ -180,8 +156,8 @@ async def test_round_trip_of_every_public_method(tmp_path: Path) -> None:
         assert await j.offset_for_time("orders", 1_000_001) is None
 
         await j.wait("orders", 2)  # already readable: returns at once
-        async with aclosing(_tail(j, "orders", 1)) as gen:
-            assert [r.offset for r in await _take(gen, 2)] == [1, 2]
+        async with aclosing(tail(j, "orders", 1)) as gen:
+            assert [r.offset for r in await take(gen, 2)] == [1, 2]
 
         await j.roll("orders")
         assert j.stream_info("orders").segment_count == 2
@@ -239,7 +215,7 @@ async def test_delete_stream_removes_files_and_wakes_waiters(tmp_path: Path) -> 
 
         async def tailer() -> None:
             try:
-                async for _ in _tail(j, "gone", 0):
+                async for _ in tail(j, "gone", 0):
                     pass
             except StrataError as exc:
                 outcomes["tail"] = type(exc)
@@ -606,7 +582,7 @@ async def test_segments_roll_by_size(tmp_path: Path) -> None:
             await j.append("s", [Record(f"value-{i:04d}".encode() * 8, key=b"k")])
             counts.append(j.stream_info("s").segment_count)
         info = j.stream_info("s")
-        records = await _read_all(j, "s", 0)
+        records = await read_all(j, "s", 0)
         logs = _logs(tmp_path, "s")
     assert counts == sorted(counts)
     assert info.segment_count == len(logs) > 4
@@ -725,7 +701,7 @@ async def test_retention_by_bytes(tmp_path: Path) -> None:
         assert caught.value.first_offset == info.first_offset
         with pytest.raises(OffsetOutOfRangeError):
             await j.read_batches("s", 0)
-        records = await _read_all(j, "s", info.first_offset)
+        records = await read_all(j, "s", info.first_offset)
         assert [r.offset for r in records] == list(range(info.first_offset, 100))
         assert await j.offset_for_time("s", 0) == info.first_offset
         assert await j.apply_retention("s") == 0  # idempotent
@@ -789,7 +765,7 @@ async def test_tail_keeps_working_while_older_segments_are_removed(tmp_path: Pat
         start = int(_logs(tmp_path, "s")[-1].stem)  # the active segment's base
 
         async def reader() -> None:
-            async with aclosing(_tail(j, "s", start)) as gen:
+            async with aclosing(tail(j, "s", start)) as gen:
                 async for record in gen:
                     got.append(record)
                     if len(got) == 40 - start:
@@ -994,8 +970,8 @@ async def test_unusual_records_round_trip(tmp_path: Path) -> None:
         await j.create_stream("s")
         assert await j.append("s", sent) == AppendResult(0, 5)
         got = await j.read("s", 0)
-        async with aclosing(_tail(j, "s", 0)) as gen:
-            tailed = await _take(gen, len(sent))
+        async with aclosing(tail(j, "s", 0)) as gen:
+            tailed = await take(gen, len(sent))
     for records in (got, tailed):
         assert [r.offset for r in records] == list(range(len(sent)))
         for r, s in zip(records, sent, strict=True):

@@ -27,13 +27,13 @@ import os
 import random
 import threading
 from collections import Counter, defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from support import read_all, tail, take
 
 from journal import AppendResult, FsyncPolicy, Journal, Record, StreamConfig
 
@@ -50,37 +50,6 @@ def _plan(seed: str, tasks: int, appends: int) -> dict[int, list[int]]:
 def _records(task: int, seq: int, n: int, tag: str = "") -> list[Record]:
     key = f"{tag}{task}:{seq}".encode()
     return [Record(value=f"{tag}{task}:{seq}:{i}".encode(), key=key) for i in range(n)]
-
-
-async def _read_all(
-    j: Journal, name: str, start: int = 0, max_bytes: int = 1 << 20
-) -> list[Record]:
-    """Every committed record from ``start`` on, read in ``max_bytes`` chunks."""
-    out: list[Record] = []
-    offset = start
-    while True:
-        chunk = await j.read(name, offset, max_bytes)
-        if not chunk:
-            return out
-        out += chunk
-        last = chunk[-1].offset
-        assert last is not None
-        offset = last + 1
-
-
-def _tail(j: Journal, name: str, offset: int) -> AsyncGenerator[Record, None]:
-    gen = j.tail(name, offset)
-    assert isinstance(gen, AsyncGenerator)
-    return gen
-
-
-async def _take(gen: AsyncIterator[Record], n: int) -> list[Record]:
-    out: list[Record] = []
-    async for record in gen:
-        out.append(record)
-        if len(out) == n:
-            break
-    return out
 
 
 # -- one stream, many appenders ---------------------------------------------------
@@ -108,7 +77,7 @@ async def test_many_tasks_append_to_one_stream(tmp_path: Path, policy: FsyncPoli
             for task in range(N_TASKS):
                 nursery.start_soon(writer, task)
 
-        records = await _read_all(j, "s")
+        records = await read_all(j, "s")
         stats = j.statistics("s")
         info = j.stream_info("s")
 
@@ -170,7 +139,7 @@ async def test_many_tasks_append_to_one_stream(tmp_path: Path, policy: FsyncPoli
 
     # Everything acknowledged is still there after a clean reopen.
     async with Journal.open(tmp_path) as j:
-        again = await _read_all(j, "s")
+        again = await read_all(j, "s")
     assert [(r.offset, r.key, r.value) for r in again] == [
         (r.offset, r.key, r.value) for r in records
     ]
@@ -200,7 +169,7 @@ async def test_ten_streams_appended_in_parallel(tmp_path: Path) -> None:
                 for task in range(tasks_per_stream):
                     nursery.start_soon(writer, s, task)
 
-        contents = {s: await _read_all(j, f"s{s}") for s in range(n_streams)}
+        contents = {s: await read_all(j, f"s{s}") for s in range(n_streams)}
         stats = j.statistics()
 
     for s, records in contents.items():
@@ -308,8 +277,8 @@ async def test_tail_readers_see_every_record_once_in_order(tmp_path: Path) -> No
         starts = [0, 50, 51, prefill]
 
         async def reader(start: int) -> None:
-            async with aclosing(_tail(j, "s", start)) as gen:
-                seen[start] = await _take(gen, total - start)
+            async with aclosing(tail(j, "s", start)) as gen:
+                seen[start] = await take(gen, total - start)
 
         async def writer(task: int) -> None:
             for seq, n in enumerate(plan[task]):
@@ -321,7 +290,7 @@ async def test_tail_readers_see_every_record_once_in_order(tmp_path: Path) -> No
             for task in plan:
                 nursery.start_soon(writer, task)
 
-        truth = await _read_all(j, "s")
+        truth = await read_all(j, "s")
 
     assert len(truth) == total
     for start in starts:
@@ -344,7 +313,7 @@ async def test_tail_at_end_wakes_on_append_without_polling(
         start = trio.current_time()
 
         async def tail_reader() -> None:
-            async with aclosing(_tail(j, "s", 1)) as gen:
+            async with aclosing(tail(j, "s", 1)) as gen:
                 async for record in gen:
                     received.append(record)
                     if len(received) == 2:
@@ -391,7 +360,7 @@ async def test_readers_never_block_writers(tmp_path: Path) -> None:
         async def reader(r: int) -> None:
             while True:
                 done = writers_done.is_set()
-                records = await _read_all(j, "s", max_bytes=2048)
+                records = await read_all(j, "s", max_bytes=2048)
                 # Each pass sees a contiguous prefix of the stream.
                 assert [rec.offset for rec in records] == list(range(len(records)))
                 pass_ends[r].append(len(records))

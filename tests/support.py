@@ -1,0 +1,36 @@
+"""Small helpers the journal tests share: reading a whole stream, taking from a tail."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from journal import Journal, Record
+
+
+async def read_all(j: Journal, name: str, start: int = 0, max_bytes: int = 1 << 20) -> list[Record]:
+    """Every committed record from ``start`` on, read in ``max_bytes`` chunks."""
+    out: list[Record] = []
+    offset = start
+    while chunk := await j.read(name, offset, max_bytes):
+        out += chunk
+        last = chunk[-1].offset
+        assert last is not None
+        offset = last + 1
+    return out
+
+
+def tail(j: Journal, name: str, offset: int) -> AsyncGenerator[Record, None]:
+    """``j.tail`` typed as the async generator it is, for ``aclosing``."""
+    gen = j.tail(name, offset)
+    assert isinstance(gen, AsyncGenerator)
+    return gen
+
+
+async def take(gen: AsyncIterator[Record], n: int) -> list[Record]:
+    """The next ``n`` records of a tail."""
+    out: list[Record] = []
+    async for record in gen:
+        out.append(record)
+        if len(out) == n:
+            break
+    return out
