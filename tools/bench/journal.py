@@ -31,8 +31,8 @@ copies what it stores, so reusing them is safe). All byte rates are in MiB/s
 2. **Append throughput.** For each policy (``Journal.open(fsync=policy,
    fsync_interval_ms=...)``), each shape, each API (``append`` with the
    pre-built records, ``append_batch`` with the pre-encoded batch) and each
-   concurrency C (``--concurrency``, default 1 and 8 for ``always`` and
-   ``interval``; 1 for ``none``), a fresh stream with the default
+   concurrency C (``--concurrency``, default 1, 8 and 64 for ``always``
+   and ``interval``; 1 for ``none``), a fresh stream with the default
    ``StreamConfig`` is created, one untimed warm-up append is made, then C
    trio tasks append in a loop until the time or bytes budget is spent (each
    task reserves the budget before it appends, so at least one and at most
@@ -44,10 +44,10 @@ copies what it stores, so reusing them is safe). All byte rates are in MiB/s
    the budget reaches them, as they would in production. The stream is deleted
    afterwards (its dirty pages are dropped, so cases do not leak writeback into
    each other). Each row also shows per-append latency p50/p99, the number of
-   fsyncs, and the ratio to the raw rate of the same cadence. Under
-   ``interval`` a single sequential appender waits for each fsync window by
-   design; with C > 1 group commit lets one fsync acknowledge several appends,
-   which can also put ``always`` above its one-fsync-per-write reference.
+   fsyncs, and the ratio to the raw rate of the same cadence. An appender
+   waits for its fsync, so the disk is kept busy only by concurrent appenders;
+   with C > 1 group commit lets one fsync acknowledge several appends, which
+   can also put ``always`` above its one-fsync-per-write reference.
    A pre-encoded batch larger than the default ``max_batch_bytes`` (8 MiB; the
    64 KiB x 1000 shape) gets a stream whose limit is raised to fit, marked in
    the notes; ``append`` splits such lists into several batches itself.
@@ -79,7 +79,7 @@ not see that). The tail cases run first under their policy, on a quiet disk.
 
 Targets (printed with PASS/MISS): ``append_batch`` of >= 64 KiB batches under
 ``interval`` at >= 80% of the raw ``interval`` rate (judged at the highest
-concurrency: a single appender is paced by the fsync window); ``append`` of
+concurrency: a single appender waits for each of its fsyncs); ``append`` of
 100 B records in batches of 1000 at >= 300,000 records/s (highest concurrency
 for ``always``/``interval``, C=1 for ``none``); tail wake p99 <= 1 ms.
 """
