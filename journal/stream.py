@@ -64,6 +64,7 @@ log = logging.getLogger("journal")
 
 GROUP_COMMIT_BYTES = 1 << 20
 _INDEX_FLUSH_ENTRIES = 64  # write index entries to their files in groups this size
+_MIN_READ = 64 << 10  # smallest pread of a read: many headers for one syscall
 
 
 def wall_clock_ms() -> int:
@@ -445,7 +446,7 @@ class Stream:
             )  # fmt: skip
         pos = self._checked_entry(seg, lambda: seg.index.entry_for_offset(offset))[1]
         end = seg.size
-        chunk_size = max(budget, 0) + 2 * self.config.index_interval_bytes
+        chunk_size = max(budget + 2 * self.config.index_interval_bytes, _MIN_READ)
         buf = b""
         buf_pos = pos
         while pos < end:
@@ -639,12 +640,20 @@ class Stream:
 
 
 def _encode_split(records: list[Record], now_ms: int, limit: int) -> list[bytearray]:
-    """Encode records into as few batches as fit ``limit`` bytes each, encoding each once."""
+    """Encode records into one batch, or into as few as fit ``limit`` bytes each.
+
+    A list that fits is always one batch (a crash keeps it whole or drops it);
+    the size estimate only decides where a list far too large is cut.
+    """
+    sizes = [_estimated_size(rec) for rec in records]
+    if sum(sizes) <= 2 * limit:
+        batch = encode_batch(records, now_ms=now_ms)
+        if len(batch) <= limit:
+            return [bytearray(batch)]
     batches: list[bytearray] = []
     chunk: list[Record] = []
     budget = limit - HEADER_SIZE
-    for rec in records:
-        size = _estimated_size(rec)
+    for rec, size in zip(records, sizes, strict=True):
         if chunk and size > budget:
             batches += _encode_chunk(chunk, now_ms, limit)
             chunk, budget = [], limit - HEADER_SIZE
