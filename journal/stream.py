@@ -675,10 +675,11 @@ def _encode_chunk(records: list[Record], now_ms: int, limit: int) -> list[bytear
 
 
 def _estimated_size(rec: Record) -> int:
-    """An upper bound of a record's encoded size in most cases (varints of <= 5 bytes)."""
-    size = 24 + len(rec.key or b"") + len(rec.value or b"")
+    """About a record's encoded size: within a factor of two, which is all callers need."""
+    size = len(rec.key or b"") + len(rec.value or b"")
+    size += 10 if size < 64 else 14
     for key, value in rec.headers:
-        size += 10 + len(key) * 4 + len(value or b"")
+        size += 4 + len(key) + len(value or b"")
     return size
 
 
