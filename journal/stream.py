@@ -6,9 +6,8 @@ to the active segment (page cache). Durability is awaited *after* the lock is
 released, so appenders pile up behind one fsync: the first waiter becomes the
 *sync leader*, fsyncs in a worker thread everything written so far, and wakes
 the rest (group commit). Under ``interval`` the leader holds the fsync back
-while other appends are on their way in, up to ``fsync_interval_ms`` after the
-previous fsync started or until about 1 MiB is waiting, so one fsync serves
-them too; a lone appender is not delayed. Under ``none`` the maintenance task
+while more appends are coming (see :meth:`Stream._gather_group`), so one fsync
+serves them too; a lone appender is not delayed. Under ``none`` the maintenance task
 fsyncs once a second.
 
 Visibility. Readers see an append once it is acknowledged: after its fsync
@@ -318,14 +317,29 @@ class Stream:
                 await self._synced.wait()
                 continue
             async with self._leading():
-                # Like PostgreSQL's commit_delay: hold the fsync back only while
-                # other appends are on their way in, so that it covers them too.
-                if self.policy == "interval" and self._arriving:
-                    delay = self._last_sync + self._interval - trio.current_time()
-                    if delay > 0 and self._dirty_bytes < GROUP_COMMIT_BYTES:
-                        with trio.move_on_after(delay):
-                            await self._group_ready.wait()
+                if self.policy == "interval":
+                    await self._gather_group()
                 await self._sync()
+
+    async def _gather_group(self) -> None:
+        """Hold the fsync back while more appends are coming, within the window.
+
+        Like PostgreSQL's ``commit_delay``: wait only while it pays. Each
+        scheduler pass lets runnable appenders write; the leader stops when a
+        pass brings nothing new and nobody is half-way in, when about 1 MiB
+        waits, or when ``fsync_interval_ms`` have passed since the previous
+        fsync started. A lone appender is held back by one pass, not a window.
+        """
+        deadline = self._last_sync + self._interval
+        while self._dirty_bytes < GROUP_COMMIT_BYTES and trio.current_time() < deadline:
+            before = self._dirty_bytes
+            if self._arriving:
+                with trio.move_on_at(deadline):
+                    await self._group_ready.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+                if self._dirty_bytes == before and not self._arriving:
+                    return
 
     @asynccontextmanager
     async def _leading(self) -> AsyncIterator[None]:
