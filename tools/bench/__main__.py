@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_concurrency_list,
         default=None,
         help="appender task counts for fsync=always/interval "
-        "(default 1,8,64; targets are judged at the largest)",
+        "(default 1,8,64)",
     )
     jp.add_argument(
         "--fsync-interval-ms",
