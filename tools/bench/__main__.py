@@ -73,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=_concurrency_list,
         default=None,
-        help="appender task counts for fsync=always/interval "
-        "(default 1,8,64)",
+        help="appender task counts for fsync=always/interval (default 1,8,64)",
     )
     jp.add_argument(
         "--fsync-interval-ms",
