@@ -758,6 +758,22 @@ def evaluate_targets(report: Report, cfg: BenchConfig) -> list[TargetRow]:
     return out
 
 
+def _table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Text table lines: columns are (title, width), a negative width aligns left."""
+
+    def line(cells: Sequence[str]) -> str:
+        return (
+            "  "
+            + " ".join(
+                f"{cell:<{-w}}" if w < 0 else f"{cell:>{w}}"
+                for cell, (_, w) in zip(cells, columns, strict=True)
+            ).rstrip()
+        )
+
+    header = line([title for title, _ in columns])
+    return [header, "  " + "-" * (len(header) - 2), *(line(row) for row in rows)]
+
+
 def _fmt(value: float, spec: str) -> str:
     return "-" if math.isnan(value) else format(value, spec)
 
@@ -779,63 +795,57 @@ def format_report(report: Report) -> str:
         "1. Raw disk reference: os.write of one batch size in a loop, fsync cadence of each "
         "policy (op = one write, plus its fsync if one followed)",
     ]
-    header = (
-        f"  {'batch':<12} {'fsync':<8} {'bytes':>10} {'MiB/s':>9} {'writes':>8} {'fsyncs':>7} "
-        f"{'op p50 ms':>10} {'op p99 ms':>10}"
-    )
-    lines += [header, "  " + "-" * (len(header) - 2)]
     order = {p: i for i, p in enumerate(POLICIES)}
-    for raw in sorted(report.raw, key=lambda r: (r.batch_bytes, order[r.cadence])):
-        lines.append(
-            f"  {raw.shape:<12} {raw.cadence:<8} {raw.batch_bytes:>10,} "
-            f"{_fmt(raw.mib_s, ',.1f'):>9} {raw.writes:>8,} {raw.fsyncs:>7,} "
-            f"{_fmt(raw.op_p50_ms, '.3f'):>10} {_fmt(raw.op_p99_ms, '.3f'):>10}"
-        )
+    lines += _table(
+        [("batch", -12), ("fsync", -8), ("bytes", 10), ("MiB/s", 9), ("writes", 8),
+         ("fsyncs", 7), ("op p50 ms", 10), ("op p99 ms", 10)],
+        [
+            [raw.shape, raw.cadence, f"{raw.batch_bytes:,}", _fmt(raw.mib_s, ",.1f"),
+             f"{raw.writes:,}", f"{raw.fsyncs:,}", _fmt(raw.op_p50_ms, ".3f"),
+             _fmt(raw.op_p99_ms, ".3f")]
+            for raw in sorted(report.raw, key=lambda r: (r.batch_bytes, order[r.cadence]))
+        ],
+    )  # fmt: skip
 
     lines += ["", "2. Append throughput (acknowledged)"]
-    header = (
-        f"  {'api':<12} {'fsync':<8} {'C':>2} {'batch':<12} {'MiB/s':>9} {'records/s':>12} "
-        f"{'raw MiB/s':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'appends':>8} "
-        f"{'fsyncs':>7}  note"
-    )
-    lines += [header, "  " + "-" * (len(header) - 2)]
-    for r in report.appends:
-        lines.append(
-            f"  {r.api:<12} {r.policy:<8} {r.concurrency:>2} {r.shape:<12} "
-            f"{_fmt(r.mib_s, ',.1f'):>9} {_fmt(r.records_s, ',.0f'):>12} "
-            f"{_fmt(r.raw_mib_s, ',.1f'):>10} {_fmt(r.ratio, '.2f'):>6} "
-            f"{_fmt(r.latency_p50_ms, '.3f'):>8} {_fmt(r.latency_p99_ms, '.3f'):>8} "
-            f"{r.appends:>8,} {r.fsyncs:>7,}  {r.note}"
-        )
+    lines += _table(
+        [("api", -12), ("fsync", -8), ("C", 2), ("batch", -12), ("MiB/s", 9),
+         ("records/s", 12), ("raw MiB/s", 10), ("ratio", 6), ("p50 ms", 8), ("p99 ms", 8),
+         ("appends", 8), ("fsyncs", 7), ("note", -4)],
+        [
+            [r.api, r.policy, str(r.concurrency), r.shape, _fmt(r.mib_s, ",.1f"),
+             _fmt(r.records_s, ",.0f"), _fmt(r.raw_mib_s, ",.1f"), _fmt(r.ratio, ".2f"),
+             _fmt(r.latency_p50_ms, ".3f"), _fmt(r.latency_p99_ms, ".3f"),
+             f"{r.appends:,}", f"{r.fsyncs:,}", r.note]
+            for r in report.appends
+        ],
+    )  # fmt: skip
 
     lines += ["", "3. Read throughput (page-cache data of the fsync=none append_batch C=1 cases)"]
-    header = (
-        f"  {'api':<12} {'batch':<12} {'MiB/s':>9} {'records/s':>12} {'calls':>8} {'passes':>7}"
-    )
-    lines += [header, "  " + "-" * (len(header) - 2)]
-    for rr in report.reads:
-        lines.append(
-            f"  {rr.api:<12} {rr.shape:<12} {_fmt(rr.mib_s, ',.1f'):>9} "
-            f"{_fmt(rr.records_s, ',.0f'):>12} {rr.calls:>8,} {rr.passes:>7.2f}"
-        )
+    lines += _table(
+        [("api", -12), ("batch", -12), ("MiB/s", 9), ("records/s", 12), ("calls", 8),
+         ("passes", 7)],
+        [
+            [rr.api, rr.shape, _fmt(rr.mib_s, ",.1f"), _fmt(rr.records_s, ",.0f"),
+             f"{rr.calls:,}", f"{rr.passes:.2f}"]
+            for rr in report.reads
+        ],
+    )  # fmt: skip
 
-    lines += [
-        "",
-        "4. Tail wake latency: sequential single 100 B appends, one tail reader (ms)",
-    ]
-    header = (
-        f"  {'fsync':<8} {'samples':>8} {'wake p50':>9} {'wake p99':>9} {'wake max':>9} "
-        f"{'ack->wake p50':>14} {'ack->wake p99':>14} {'append p50':>11} {'append p99':>11}"
-    )
-    lines += [header, "  " + "-" * (len(header) - 2)]
-    for t in report.tails:
-        lines.append(
-            f"  {t.policy:<8} {t.samples:>8,} {t.append_to_wake_p50_ms:>9.3f} "
-            f"{t.append_to_wake_p99_ms:>9.3f} {t.append_to_wake_max_ms:>9.3f} "
-            f"{t.ack_to_wake_p50_ms:>14.3f} {t.ack_to_wake_p99_ms:>14.3f} "
-            f"{t.append_p50_ms:>11.3f} {t.append_p99_ms:>11.3f}"
-            + (f"  MISSED {t.missed}" if t.missed else "")
-        )
+    lines += ["", "4. Tail wake latency: sequential single 100 B appends, one tail reader (ms)"]
+    lines += _table(
+        [("fsync", -8), ("samples", 8), ("wake p50", 9), ("wake p99", 9), ("wake max", 9),
+         ("ack->wake p50", 14), ("ack->wake p99", 14), ("append p50", 11),
+         ("append p99", 11), ("", -1)],
+        [
+            [t.policy, f"{t.samples:,}", f"{t.append_to_wake_p50_ms:.3f}",
+             f"{t.append_to_wake_p99_ms:.3f}", f"{t.append_to_wake_max_ms:.3f}",
+             f"{t.ack_to_wake_p50_ms:.3f}", f"{t.ack_to_wake_p99_ms:.3f}",
+             f"{t.append_p50_ms:.3f}", f"{t.append_p99_ms:.3f}",
+             f"MISSED {t.missed}" if t.missed else ""]
+            for t in report.tails
+        ],
+    )  # fmt: skip
     lines.append(
         "  (wake = from just before append to the tail yielding the record; ack->wake < 0:"
         " the reader had it before the appender resumed)"
