@@ -46,11 +46,11 @@ from journal.records import AppendResult, Record
 from journal.segments.batch import (
     HEADER_SIZE,
     BatchHeader,
-    _parse_header,
     check_batch,
     check_client_batch,
     decode_batch,
     encode_batch,
+    parse_header,
     set_base_offset,
 )
 from journal.segments.index import SparseIndex
@@ -288,7 +288,7 @@ class Stream:
         try:
             for batch in batches:
                 set_base_offset(batch, seg.next_offset)
-                seg.write(batch, _parse_header(batch, 0))
+                seg.write(batch, parse_header(batch, 0))
         except OSError as exc:
             seg.truncate(start)
             seg.next_offset = base
@@ -494,7 +494,7 @@ class Stream:
         """
         entry_offset, pos = lookup()
         try:
-            if _parse_header(seg.read(pos, HEADER_SIZE), 0).base_offset == entry_offset:
+            if parse_header(seg.read(pos, HEADER_SIZE), 0).base_offset == entry_offset:
                 return entry_offset, pos
         except InvalidBatchError:
             pass
@@ -506,7 +506,7 @@ class Stream:
 
     def _header_at(self, seg: Segment, buf: bytes, rel: int, pos: int) -> BatchHeader:
         try:
-            return _parse_header(buf, rel)
+            return parse_header(buf, rel)
         except InvalidBatchError as exc:
             raise self._corrupt(seg, exc.reason, pos) from None
 

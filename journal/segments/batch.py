@@ -40,6 +40,7 @@ __all__ = [
     "decode_batch",
     "encode_batch",
     "iter_batches",
+    "parse_header",
     "set_base_offset",
     "validate_batch",
 ]
@@ -106,7 +107,8 @@ class BatchHeader(NamedTuple):
         return bool(self.attributes & _TIMESTAMP_TYPE_BIT)
 
 
-def _parse_header(buf: bytes | bytearray | memoryview, pos: int) -> BatchHeader:
+def parse_header(buf: bytes | bytearray | memoryview, pos: int) -> BatchHeader:
+    """The fixed header at ``pos``, sanity-checked but without the CRC (a header walk)."""
     if len(buf) - pos < HEADER_SIZE:
         raise InvalidBatchError(
             f"truncated batch header: {len(buf) - pos} of {HEADER_SIZE} bytes", position=pos
@@ -126,7 +128,7 @@ def check_batch(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeade
 
     Per-batch work only; records are not looked at.
     """
-    header = _parse_header(buf, pos)
+    header = parse_header(buf, pos)
     end = pos + header.size
     if end > len(buf):
         raise InvalidBatchError(

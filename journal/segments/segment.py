@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from journal.errors import InvalidBatchError, StorageError
-from journal.segments.batch import HEADER_SIZE, BatchHeader, _parse_header, check_batch
+from journal.segments.batch import HEADER_SIZE, BatchHeader, check_batch, parse_header
 from journal.segments.index import SparseIndex
 
 __all__ = ["ScanResult", "Segment", "scan_batches", "segment_name"]
@@ -67,7 +67,7 @@ def scan_batches(
             buf = os.pread(fd, min(_CHUNK, end - pos), pos)
             buf_start, rel = pos, 0
         try:
-            header = _parse_header(buf, rel)
+            header = parse_header(buf, rel)
             if verify:
                 if len(buf) - rel < header.size:
                     buf = os.pread(fd, min(max(_CHUNK, header.size), end - pos), pos)
@@ -202,7 +202,7 @@ class Segment:
         while last is not None:
             offset, pos = last
             try:
-                header = _parse_header(os.pread(self.fd, HEADER_SIZE, pos), 0)
+                header = parse_header(os.pread(self.fd, HEADER_SIZE, pos), 0)
             except InvalidBatchError:
                 header = None
             self.index.truncate(pos)  # re-observed by the walk, with its timestamp
