@@ -328,7 +328,7 @@ class Journal:
             scan = partial(scan_batches, seg.fd, 0, seg.size, seg.base_offset, verify=True)
             result = await trio.to_thread.run_sync(partial(scan, on_batch=_ignore))
             if result.error is not None:
-                problems.append(stream._corrupt(seg, result.error, result.position))
+                problems.append(stream.report_corruption(seg, result.error, result.position))
         return problems
 
     @overload

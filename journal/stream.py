@@ -501,22 +501,22 @@ class Stream:
         log.warning("stream %s: rebuilding the damaged index of %s", self.name, seg.path.name)
         problem = seg.rebuild_index()
         if problem is not None:
-            raise self._corrupt(seg, problem, pos)
+            raise self.report_corruption(seg, problem, pos)
         return lookup()
 
     def _header_at(self, seg: Segment, buf: bytes, rel: int, pos: int) -> BatchHeader:
         try:
             return parse_header(buf, rel)
         except InvalidBatchError as exc:
-            raise self._corrupt(seg, exc.reason, pos) from None
+            raise self.report_corruption(seg, exc.reason, pos) from None
 
     def _verify(self, seg: Segment, buf: bytes, rel: int, pos: int) -> None:
         try:
             check_batch(buf, rel)
         except InvalidBatchError as exc:
-            raise self._corrupt(seg, exc.reason, pos) from None
+            raise self.report_corruption(seg, exc.reason, pos) from None
 
-    def _corrupt(self, seg: Segment, reason: str, pos: int) -> StorageError:
+    def report_corruption(self, seg: Segment, reason: str, pos: int) -> StorageError:
         """A batch on disk failed its checks: quarantine a sealed segment, never serve it."""
         if seg.sealed and seg.quarantined is None:
             self._quarantine(seg, reason, pos, None)
@@ -554,7 +554,7 @@ class Stream:
             )
             if not found:
                 if result.error is not None:
-                    raise self._corrupt(seg, result.error, result.position)
+                    raise self.report_corruption(seg, result.error, result.position)
                 continue
             header = self._header_at(seg, seg.read(found[0], HEADER_SIZE), 0, found[0])
             raw = seg.read(found[0], header.size)
