@@ -40,18 +40,6 @@ class LatencyHistogram:
     def copy(self) -> LatencyHistogram:
         return LatencyHistogram(self.bounds, list(self.counts), self.count, self.total)
 
-    def quantile(self, q: float) -> float:
-        """Upper bound of the bucket holding the q-quantile (inf if past the last)."""
-        if not self.count:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            seen += n
-            if seen >= rank:
-                return bound
-        return float("inf")
-
 
 @dataclass(frozen=True, slots=True)
 class StreamStatistics:

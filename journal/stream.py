@@ -91,7 +91,6 @@ class Stream:
         interval = entry.config.fsync_interval_ms
         self._interval = (fsync_interval_ms if interval is None else interval) / 1000
         self.segments: list[Segment] = []
-        self._bases: list[int] = []  # segments' base offsets, for bisect
         self.committed = 0  # readers see offsets below this
         self._durable = 0  # offsets below this are fsynced
         self._write_lock = trio.Lock()
@@ -129,7 +128,6 @@ class Stream:
             for seg in self.segments:
                 seg.close()
             raise
-        self._bases = [s.base_offset for s in self.segments]
         self.committed = self._durable = self.active.next_offset
         return self
 
@@ -401,7 +399,6 @@ class Stream:
         old.sealed = True
         new = Segment.create(self.directory, old.next_offset, self.config.index_interval_bytes)
         self.segments.append(new)
-        self._bases.append(new.base_offset)
         checkpoint = Checkpoint(new.base_offset, 0, new.base_offset)
         self._catalog.seal(self.id, _sealed_entry(old), checkpoint)
         await trio.to_thread.run_sync(_fsync_dir, self.directory)
@@ -436,7 +433,7 @@ class Stream:
         limit = self.committed
         out: list[bytes] = []
         budget = max_bytes
-        i = bisect_right(self._bases, offset) - 1
+        i = bisect_right(self.segments, offset, key=_base_offset) - 1
         while offset < limit and i < len(self.segments):
             seg = self.segments[i]
             try:
@@ -601,7 +598,7 @@ class Stream:
                 break
             self._catalog.forget_segment(self.id, seg.base_offset)
             seg.remove()
-            del self.segments[0], self._bases[0]
+            del self.segments[0]
             total -= seg.size
             removed += 1
         return removed
@@ -695,6 +692,10 @@ def _estimated_size(rec: Record) -> int:
     for key, value in rec.headers:
         size += 4 + len(key) + len(value or b"")
     return size
+
+
+def _base_offset(seg: Segment) -> int:
+    return seg.base_offset
 
 
 def _time_entry(seg: Segment, timestamp: int) -> tuple[int, int]:
