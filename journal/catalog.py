@@ -9,20 +9,32 @@ lets a restart avoid rescanning them:
 * ``ckpt/<id>``          -> the recovery point of the active segment: a byte
                             position up to which the log was fsynced
 * ``quarantine/<id>/<base>`` -> why a sealed segment is refused
+* ``upload/<id>/<base>``  -> the object key an upload in progress writes to
+                            (written, synced, *before* the first byte goes out)
+* ``meta/journal_id``     -> a UUID naming this journal's prefix in the object tier
+* ``trash/<key>``         -> an object-tier key to delete (retention, deleted
+                            streams, uploads that never committed)
 
-Stream creation and deletion are written with sync; the rest can be rebuilt
-from the segment files, so it is written without (a lost checkpoint only makes
-the next recovery scan a little more).
+A sealed segment's entry also says which tier holds it: ``local`` (its file in
+the stream directory) or ``object`` (under ``key`` in the object tier). Moving
+a segment commits the new entry and drops the upload intent in one synced
+write, so after a crash the intent alone marks an orphaned upload.
+
+Stream creation and deletion, quarantines and everything about the object
+tier are written with sync; the rest can be rebuilt from the segment files, so
+it is written without (a lost checkpoint only makes the next recovery scan a
+little more).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteOptions
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from journal.config import StreamConfig
 from journal.errors import StorageError
@@ -43,6 +55,9 @@ class SealedSegment:
     size: int
     next_offset: int
     max_timestamp: int
+    tier: str = "local"  # "local" or "object"
+    key: str | None = None  # the object key stem, for the object tier
+    crc32c: int | None = None  # of the whole log, checked when it was uploaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,15 @@ class Catalog:
                 return
             yield key, bytes(value)  # raw_mode: always bytes
 
+    def journal_id(self) -> str:
+        """This journal's identity, made once: its object keys live under it, so
+        journals sharing a bucket never touch each other's objects."""
+        raw = self._db.get(b"meta/journal_id")
+        if raw is None:
+            raw = uuid.uuid4().hex.encode()
+            self._db.put(b"meta/journal_id", raw, self._sync)
+        return bytes(raw).decode()
+
     # -- streams --------------------------------------------------------------
 
     def streams(self) -> list[StreamEntry]:
@@ -97,28 +121,90 @@ class Catalog:
         return StreamEntry(name, stream_id, config)
 
     def remove_stream(self, entry: StreamEntry) -> None:
-        self._db.delete(b"stream/" + entry.name.encode(), self._sync)
-        for prefix in (b"seg/", b"quarantine/"):
+        """Forget a stream; its object-tier segments and uploads go to the trash."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(b"stream/" + entry.name.encode())
+        for seg in self.sealed_segments(entry.id).values():
+            if seg.key is not None:
+                _trash(batch, seg.key)
+        for upload in self.uploads(entry.id).values():
+            _trash(batch, upload)
+        for prefix in (b"seg/", b"quarantine/", b"upload/"):
             for key, _ in list(self._scan(prefix + _id(entry.id))):
-                self._db.delete(key)
-        self._db.delete(b"ckpt/" + _id(entry.id))
+                batch.delete(key)
+        batch.delete(b"ckpt/" + _id(entry.id))
+        self._db.write(batch, self._sync)
 
     # -- segments -------------------------------------------------------------
 
     def sealed_segments(self, stream_id: int) -> dict[int, SealedSegment]:
         out = {}
         for _, value in self._scan(b"seg/" + _id(stream_id)):
-            seg = SealedSegment(**json.loads(value))
+            seg = _decode(value)
             out[seg.base_offset] = seg
         return out
 
     def seal(self, stream_id: int, seg: SealedSegment, checkpoint: Checkpoint) -> None:
         key = b"seg/" + _id(stream_id) + _base(seg.base_offset)
-        self._db.put(key, json.dumps(_asdict(seg)).encode())
+        self._db.put(key, _encode(seg))
         self.set_checkpoint(stream_id, checkpoint)
 
-    def forget_segment(self, stream_id: int, base_offset: int) -> None:
-        self._db.delete(b"seg/" + _id(stream_id) + _base(base_offset))
+    def forget_segment(self, stream_id: int, base_offset: int, *, key: str | None = None) -> None:
+        """Drop a sealed segment's entry; ``key``, its object, goes to the trash with it."""
+        if key is None:
+            self._db.delete(b"seg/" + _id(stream_id) + _base(base_offset))
+            return
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(b"seg/" + _id(stream_id) + _base(base_offset))
+        _trash(batch, key)
+        self._db.write(batch, self._sync)
+
+    # -- the object tier ----------------------------------------------------------
+
+    def begin_upload(self, stream_id: int, base_offset: int, key: str) -> None:
+        self._db.put(b"upload/" + _id(stream_id) + _base(base_offset), key.encode(), self._sync)
+
+    def commit_upload(self, stream_id: int, seg: SealedSegment) -> None:
+        """The segment now lives in the object tier: one synced write with the intent gone."""
+        batch = WriteBatch(raw_mode=True)
+        batch.put(b"seg/" + _id(stream_id) + _base(seg.base_offset), _encode(seg))
+        batch.delete(b"upload/" + _id(stream_id) + _base(seg.base_offset))
+        self._db.write(batch, self._sync)
+
+    def abandon_upload(self, stream_id: int, base_offset: int, key: str) -> None:
+        """An upload that will not commit: its key goes to the trash, the intent away."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(b"upload/" + _id(stream_id) + _base(base_offset))
+        _trash(batch, key)
+        self._db.write(batch, self._sync)
+
+    def uploads(self, stream_id: int | None = None) -> dict[tuple[int, int], str]:
+        """Upload intents: (stream id, base offset) -> key."""
+        prefix = b"upload/" + (_id(stream_id) if stream_id is not None else b"")
+        out = {}
+        for k, v in self._scan(prefix):
+            sid, base = k[len(b"upload/") :].split(b"/")
+            out[(int(sid), int(base))] = v.decode()
+        return out
+
+    def trash(self, key: str) -> None:
+        batch = WriteBatch(raw_mode=True)
+        _trash(batch, key)
+        self._db.write(batch, self._sync)
+
+    def trashed(self) -> list[str]:
+        return [k[len(b"trash/") :].decode() for k, _ in self._scan(b"trash/")]
+
+    def untrash(self, key: str) -> None:
+        """The object is gone from the store: stop tracking it."""
+        self._db.delete(b"trash/" + key.encode(), self._sync)
+
+    def object_keys(self) -> set[str]:
+        """Every key the catalog knows in the object tier: committed, uploading or trashed."""
+        keys = {seg.key for _, v in self._scan(b"seg/") if (seg := _decode(v)).key is not None}
+        keys.update(v.decode() for _, v in self._scan(b"upload/"))
+        keys.update(self.trashed())
+        return keys
 
     def quarantined(self, stream_id: int) -> dict[int, str]:
         prefix = b"quarantine/" + _id(stream_id)
@@ -146,5 +232,17 @@ def _base(base_offset: int) -> bytes:
     return b"%020d" % base_offset
 
 
-def _asdict(obj: SealedSegment | Checkpoint) -> dict[str, int]:
+def _asdict(obj: SealedSegment | Checkpoint) -> dict[str, int | str | None]:
     return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _encode(seg: SealedSegment) -> bytes:
+    return json.dumps(_asdict(seg)).encode()
+
+
+def _decode(value: bytes) -> SealedSegment:
+    return SealedSegment(**json.loads(value))
+
+
+def _trash(batch: WriteBatch, key: str) -> None:
+    batch.put(b"trash/" + key.encode(), b"")

@@ -32,6 +32,13 @@ class StreamConfig:
 
     ``None`` for a retention setting means unlimited; ``None`` for ``fsync``
     or ``fsync_interval_ms`` means the journal's default.
+
+    ``retention_*`` say when data leaves every tier. ``local_retention_*`` say
+    when sealed segments move from local disk to the object tier (only when
+    the journal has one): once the sealed local segments exceed
+    ``local_retention_bytes``, or a segment's newest record is older than
+    ``local_retention_ms``. ``memory_bytes`` is the budget of the stream's
+    newest batches kept in memory for tail readers.
     """
 
     segment_bytes: int = 128 << 20
@@ -42,12 +49,17 @@ class StreamConfig:
     max_batch_bytes: int = 8 << 20
     fsync: FsyncPolicy | None = None
     fsync_interval_ms: int | None = None
+    local_retention_bytes: int | None = 1 << 30
+    local_retention_ms: int | None = 24 * 3600 * 1000
+    memory_bytes: int = 4 << 20
 
     def __post_init__(self) -> None:
         positive = ("segment_bytes", "segment_ms", "index_interval_bytes", "max_batch_bytes")
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("retention_bytes", "retention_ms", "fsync_interval_ms"):
+        _check_int("memory_bytes", self.memory_bytes, minimum=0)
+        optional = ("retention_bytes", "retention_ms", "fsync_interval_ms")
+        for name in (*optional, "local_retention_bytes", "local_retention_ms"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=0)
         if self.segment_bytes > _MAX_SEGMENT_BYTES:

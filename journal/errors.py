@@ -6,6 +6,7 @@ fault and where:
 
 * :class:`StorageError` -- something on disk is wrong; it names the stream, the
   segment file and the byte position so an operator can go and look.
+  :class:`ObjectStoreError` is the object tier failing (down, slow, erroring).
 * :class:`ProtocolError` -- bytes that break a wire or file format. Like h11 we
   split it into :class:`LocalProtocolError` (we were about to send something
   invalid) and :class:`RemoteProtocolError` (a peer sent something invalid).
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidBatchError",
     "JournalClosedError",
     "LocalProtocolError",
+    "ObjectStoreError",
     "OffsetOutOfRangeError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -102,6 +104,10 @@ class StorageError(StrataError):
 
 class CorruptSegmentError(StorageError):
     """A sealed segment failed its checksum; it is quarantined, never served."""
+
+
+class ObjectStoreError(StorageError):
+    """The object store failed, timed out or could not be reached; names the segment."""
 
 
 class JournalClosedError(StrataError):

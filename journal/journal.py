@@ -1,13 +1,15 @@
 """The journal: a directory of streams, their catalog, and the service that tends them.
 
 ``Journal.open`` recovers every stream (see ``docs/architecture.md``), then
-runs a maintenance task in its own nursery (time-based rolls, retention) until
-the ``async with`` block ends, when every stream is fsynced, checkpointed and
+runs a maintenance task in its own nursery (time-based rolls, retention) and,
+with an object tier, the migration service (``docs/tiering.md``) until the
+``async with`` block ends, when every stream is fsynced, checkpointed and
 closed.
 
 Layout of a data directory::
 
     <path>/catalog/                RocksDB: streams, sealed segments, checkpoints
+    <path>/cache/                  object-tier byte ranges (emptied on open)
     <path>/streams/<id>-<slug>/    one directory per stream, named by catalog id
         00000000000000000000.log   batches
         00000000000000000000.index / .timeindex
@@ -24,8 +26,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
+import crc32c
 import trio
 
 from journal.catalog import Catalog, StreamEntry
@@ -38,11 +41,17 @@ from journal.errors import (
 )
 from journal.records import AppendResult, Record
 from journal.segments.batch import BatchHeader
-from journal.segments.segment import scan_batches
-from journal.stats import JournalStatistics, LatencyHistogram, StreamStatistics
-from journal.stream import Stream, wall_clock_ms
+from journal.segments.segment import Segment, pread_of, scan_batches
+from journal.stats import JournalStatistics, LatencyHistogram, StreamStatistics, TieringStatistics
+from journal.stream import AnySegment, Stream, wall_clock_ms
+from journal.tiering import analytics
+from journal.tiering.cache import CachedTier
+from journal.tiering.local import LocalTier
+from journal.tiering.migration import Migrator
+from journal.tiering.object import ObjectTier
+from journal.tiering.remote import RemoteSegment
 
-__all__ = ["Journal", "StreamInfo"]
+__all__ = ["Journal", "SegmentInfo", "StreamInfo"]
 
 log = logging.getLogger("journal")
 
@@ -63,6 +72,19 @@ class StreamInfo:
     quarantined: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """Where one segment lives. ``tier`` is "memory" for the active segment (written to
+    local disk, its newest batches served from memory), else "local" or "object"."""
+
+    base_offset: int
+    last_offset: int
+    tier: str
+    size_bytes: int
+    key: str | None = None  # the object key of an object-tier segment's log
+    quarantined: str | None = None
+
+
 class Journal:
     """Streams of records in segmented, append-only, crash-safe files.
 
@@ -78,6 +100,7 @@ class Journal:
         fsync: FsyncPolicy,
         fsync_interval_ms: int,
         clock: Callable[[], int],
+        migrator: Migrator | None = None,
     ) -> None:
         self.root = root
         self._catalog = catalog
@@ -87,6 +110,9 @@ class Journal:
         self._streams: dict[str, Stream] = {}
         self._closed = False
         self._catalog_lock = trio.Lock()
+        self._migrator = migrator
+        self._objects: CachedTier | None = None
+        self._object_url: str | None = None
 
     @classmethod
     @asynccontextmanager
@@ -98,11 +124,25 @@ class Journal:
         fsync_interval_ms: int = 5,
         maintenance_interval: float = 1.0,
         clock: Callable[[], int] = wall_clock_ms,
+        object_url: str | None = None,
+        object_options: dict[str, Any] | None = None,
+        upload_concurrency: int = 2,
+        cache_bytes: int = 256 << 20,
+        object_timeout: float = 30.0,
+        upload_backoff: tuple[float, float] = (1.0, 60.0),
     ) -> AsyncIterator[Journal]:
         """Open (creating if needed) the journal in ``path``.
 
         ``fsync`` is the default policy of streams that do not set their own;
         ``clock`` returns wall time in ms (record timestamps, retention, rolls).
+
+        ``object_url`` (an fsspec URL: ``s3://bucket/prefix``, ``file:///dir``)
+        turns on the object tier, with ``object_options`` passed to fsspec as
+        storage options (endpoint, credentials). ``upload_concurrency`` streams
+        migrate at once; ``cache_bytes`` bounds the on-disk cache of cold
+        reads; every object-store call gives up after ``object_timeout``
+        seconds; failed uploads are retried after a delay that doubles from
+        ``upload_backoff[0]`` up to ``upload_backoff[1]`` seconds.
         """
         if fsync not in FSYNC_POLICIES:
             raise InvalidConfigError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
@@ -114,16 +154,32 @@ class Journal:
             raise InvalidConfigError(
                 f"maintenance_interval must be > 0 seconds, not {maintenance_interval!r}"
             )
+        _check_tiering(upload_concurrency, cache_bytes, object_timeout, upload_backoff)
         root = Path(path)
         (root / "streams").mkdir(parents=True, exist_ok=True)
         _raise_open_file_limit()
+        store = reader = None
+        if object_url is not None:
+            store = ObjectTier(object_url, object_options, timeout=object_timeout)
+            reader = CachedTier(store, LocalTier(root / "cache", budget_bytes=cache_bytes))
         catalog = Catalog(root / "catalog")
         journal = cls(root, catalog, fsync=fsync, fsync_interval_ms=fsync_interval_ms, clock=clock)
+        journal._objects = reader
+        journal._object_url = object_url
+        if store is not None and reader is not None:
+            journal._migrator = Migrator(
+                catalog, store, reader, lambda: list(journal._streams.values()),
+                journal_id=catalog.journal_id(), concurrency=upload_concurrency,
+                backoff=upload_backoff, clock=clock,
+            )  # fmt: skip
         body_error: Exception | None = None
         try:
             journal._recover()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(journal._maintenance, maintenance_interval)
+                if reader is not None and journal._migrator is not None:
+                    reader.start_prefetching(nursery)
+                    await nursery.start(journal._migrator.run, maintenance_interval)
                 try:
                     yield journal
                 except Exception as exc:
@@ -157,6 +213,7 @@ class Journal:
             fsync=self.fsync,
             fsync_interval_ms=self._fsync_interval_ms,
             now_ms=now,
+            objects=self._objects,
         )
 
     def _directory(self, entry: StreamEntry) -> Path:
@@ -234,6 +291,8 @@ class Journal:
             await stream.close(deleted=True)
             self._catalog.remove_stream(StreamEntry(name, stream.id, stream.config))
             await trio.to_thread.run_sync(shutil.rmtree, stream.directory)
+        if self._migrator is not None:
+            self._migrator.wake()  # delete its objects from the object tier
 
     def streams(self) -> list[str]:
         return sorted(self._streams)
@@ -247,8 +306,20 @@ class Journal:
             size_bytes=s.size_bytes,
             segment_count=len(s.segments),
             config=s.config,
-            quarantined=tuple(seg.path.name for seg in s.segments if seg.quarantined),
+            quarantined=tuple(seg.name for seg in s.segments if seg.quarantined),
         )
+
+    def segments(self, name: str) -> list[SegmentInfo]:
+        """The stream's segments, oldest first, with the tier that holds each."""
+        s = self._stream(name)
+        out = []
+        for seg in s.segments:
+            tier = "memory" if seg is s.segments[-1] else seg.tier
+            key = seg.name if isinstance(seg, RemoteSegment) else None
+            out.append(
+                SegmentInfo(seg.base_offset, seg.last_offset, tier, seg.size, key, seg.quarantined)
+            )
+        return out
 
     # -- writing ----------------------------------------------------------------
 
@@ -276,19 +347,19 @@ class Journal:
         """Records from ``offset`` on, about ``max_bytes`` of batches (at least one)."""
         stream = self._stream(name)
         await trio.lowlevel.checkpoint()
-        return stream.read(offset, max_bytes)
+        return await stream.read(offset, max_bytes)
 
     async def read_batches(self, name: str, offset: int, max_bytes: int = 1 << 20) -> list[bytes]:
         """Raw RecordBatch v2 bytes from the batch holding ``offset`` on."""
         stream = self._stream(name)
         await trio.lowlevel.checkpoint()
-        return stream.read_batches(offset, max_bytes)
+        return await stream.read_batches(offset, max_bytes)
 
     async def offset_for_time(self, name: str, timestamp_ms: int) -> int | None:
         """First offset whose timestamp is >= ``timestamp_ms``, or None."""
         stream = self._stream(name)
         await trio.lowlevel.checkpoint()
-        return stream.offset_for_time(timestamp_ms)
+        return await stream.offset_for_time(timestamp_ms)
 
     async def wait(self, name: str, offset: int) -> None:
         """Wait until ``offset`` is readable (for long polls); never polls itself."""
@@ -300,7 +371,7 @@ class Journal:
         offset = from_offset
         while True:
             await stream.wait_for(offset)
-            records = stream.read(offset, 1 << 20)
+            records = await stream.read(offset, 1 << 20)
             for record in records:
                 yield record
             if records and records[-1].offset is not None:
@@ -317,19 +388,60 @@ class Journal:
             removed += await stream.maintain(now)
         return removed
 
+    async def migrate(self, name: str | None = None) -> int:
+        """Move what is due to the object tier now, ignoring backoff; returns segments moved.
+
+        Normally the migration service does this every ``maintenance_interval``.
+        Failures are counted and logged, not raised (see ``statistics().tiering``).
+        """
+        if name is not None:
+            self._stream(name)
+        if self._migrator is None:
+            return 0
+        return await self._migrator.run_pass()
+
     async def verify(self, name: str) -> list[StorageError]:
-        """Check every batch's CRC32C in every segment; quarantine bad sealed ones."""
+        """Check every batch's CRC32C in every segment, every tier; quarantine bad sealed ones.
+
+        An object-tier segment is read back whole and also checked against the
+        CRC32C recorded when it was uploaded.
+        """
         stream = self._stream(name)
         problems: list[StorageError] = []
         for seg in list(stream.segments):
             if seg.quarantined is not None:
-                problems.append(StorageError(seg.quarantined, stream=name, segment=seg.path.name))
+                problems.append(StorageError(seg.quarantined, stream=name, segment=seg.name))
                 continue
-            scan = partial(scan_batches, seg.fd, 0, seg.size, seg.base_offset, verify=True)
-            result = await trio.to_thread.run_sync(partial(scan, on_batch=_ignore))
-            if result.error is not None:
-                problems.append(stream.report_corruption(seg, result.error, result.position))
+            try:
+                problem = await _scan_segment(seg)
+            except StorageError as exc:
+                problems.append(exc)
+                continue
+            if problem is not None:
+                reason, position = problem
+                problems.append(stream.report_corruption(seg, reason, position))
         return problems
+
+    async def export_parquet(
+        self,
+        name: str,
+        start_offset: int,
+        end_offset: int,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+    ) -> int:
+        """Write offsets ``start_offset..end_offset-1`` to a Parquet file at an fsspec URL.
+
+        Columns: offset, timestamp, key, value, headers. Returns the rows written.
+        """
+        table = await self.read_table(name, start_offset, end_offset)
+        await analytics.write_parquet(table, url, storage_options)
+        return int(table.num_rows)
+
+    async def read_table(self, name: str, start_offset: int, end_offset: int) -> analytics.Table:
+        """Offsets ``start_offset..end_offset-1`` (those still held) as a ``pyarrow.Table``."""
+        stream = self._stream(name)
+        return await analytics.read_table(stream, start_offset, end_offset)
 
     @overload
     def statistics(self) -> JournalStatistics: ...
@@ -338,9 +450,10 @@ class Journal:
 
     def statistics(self, name: str | None = None) -> JournalStatistics | StreamStatistics:
         """Counters for one stream, or for the whole journal with a per-stream map."""
+        now = self._clock()
         if name is not None:
-            return self._stream(name).statistics()
-        per_stream = {n: s.statistics() for n, s in self._streams.items()}
+            return self._stream(name).statistics(now)
+        per_stream = {n: s.statistics(now) for n, s in self._streams.items()}
         latency = LatencyHistogram()
         for st in per_stream.values():
             latency.merge(st.fsync_latency)
@@ -354,11 +467,73 @@ class Journal:
             segments=sum(s.segments for s in per_stream.values()),
             size_bytes=sum(s.size_bytes for s in per_stream.values()),
             per_stream=per_stream,
+            tiering=self._tiering_statistics(per_stream),
+        )
+
+    def _tiering_statistics(
+        self, per_stream: dict[str, StreamStatistics]
+    ) -> TieringStatistics | None:
+        m = self._migrator
+        if m is None:
+            return None
+        cache = m.reader.statistics()
+        return TieringStatistics(
+            object_url=self._object_url or "",
+            uploads=m.uploads,
+            bytes_uploaded=m.bytes_uploaded,
+            upload_failures=m.failures,
+            backlog_segments=sum(s.migration_backlog_segments for s in per_stream.values()),
+            backlog_bytes=sum(s.migration_backlog_bytes for s in per_stream.values()),
+            trash_pending=len(self._catalog.trashed()),
+            objects_deleted=m.objects_deleted,
+            orphans_found=m.orphans_found,
+            cache_hits=cache.hits,
+            cache_misses=cache.misses,
+            cache_prefetched=cache.prefetched,
+            cache_bytes=cache.cached_bytes,
+            bytes_fetched=cache.bytes_fetched,
+            last_error=m.last_error,
         )
 
 
 def _ignore(position: int, header: BatchHeader) -> bool:
     return False
+
+
+async def _scan_segment(seg: AnySegment) -> tuple[str, int] | None:
+    """CRC-check every batch of a segment in a worker thread: (problem, position) or None."""
+    if isinstance(seg, Segment):
+        with seg.pinned():
+            scan = partial(scan_batches, pread_of(seg.fd), 0, seg.size, seg.base_offset)
+            result = await trio.to_thread.run_sync(partial(scan, verify=True, on_batch=_ignore))
+    else:
+        data = await seg.fetch(0, seg.size)
+        if len(data) != seg.size:
+            return f"object holds {len(data)} bytes, the catalog says {seg.size}", len(data)
+        if seg.crc32c is not None and crc32c.crc32c(data) != seg.crc32c:
+            return "object's CRC32C differs from the one recorded at upload", 0
+        scan = partial(scan_batches, _bytes_reader(data), 0, seg.size, seg.base_offset)
+        result = await trio.to_thread.run_sync(partial(scan, verify=True, on_batch=_ignore))
+    return None if result.error is None else (result.error, result.position)
+
+
+def _bytes_reader(data: bytes) -> Callable[[int, int], bytes]:
+    return lambda position, length: data[position : position + length]
+
+
+def _check_tiering(
+    upload_concurrency: int, cache_bytes: int, timeout: float, backoff: tuple[float, float]
+) -> None:
+    if not isinstance(upload_concurrency, int) or upload_concurrency < 1:
+        raise InvalidConfigError(f"upload_concurrency must be >= 1, not {upload_concurrency!r}")
+    if not isinstance(cache_bytes, int) or cache_bytes < 0:
+        raise InvalidConfigError(f"cache_bytes must be an integer >= 0, not {cache_bytes!r}")
+    if not timeout > 0:
+        raise InvalidConfigError(f"object_timeout must be > 0 seconds, not {timeout!r}")
+    if not 0 < backoff[0] <= backoff[1]:
+        raise InvalidConfigError(
+            f"upload_backoff must be (min, max) with 0 < min <= max, not {backoff!r}"
+        )
 
 
 def _check_name(name: str) -> None:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-__all__ = ["FSYNC_BUCKETS", "JournalStatistics", "LatencyHistogram", "StreamStatistics"]
+__all__ = [
+    "FSYNC_BUCKETS",
+    "JournalStatistics",
+    "LatencyHistogram",
+    "StreamStatistics",
+    "TieringStatistics",
+]
 
 # Seconds; Prometheus-style cumulative buckets are derived from these bounds.
 FSYNC_BUCKETS: tuple[float, ...] = (
@@ -54,6 +60,33 @@ class StreamStatistics:
     bytes_appended: int
     fsyncs: int
     fsync_latency: LatencyHistogram
+    memory_bytes: int  # newest batches held in memory for tail readers
+    local_bytes: int  # segment files on local disk, the active one included
+    object_bytes: int
+    object_segments: int
+    migration_backlog_segments: int  # due to move to the object tier, not moved yet
+    migration_backlog_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TieringStatistics:
+    """The migration service and the object tier's read cache."""
+
+    object_url: str
+    uploads: int
+    bytes_uploaded: int
+    upload_failures: int
+    backlog_segments: int
+    backlog_bytes: int
+    trash_pending: int  # objects waiting to be deleted from the object tier
+    objects_deleted: int
+    orphans_found: int
+    cache_hits: int
+    cache_misses: int
+    cache_prefetched: int
+    cache_bytes: int
+    bytes_fetched: int
+    last_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +100,4 @@ class JournalStatistics:
     segments: int
     size_bytes: int
     per_stream: dict[str, StreamStatistics]
+    tiering: TieringStatistics | None = None

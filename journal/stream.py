@@ -14,8 +14,13 @@ Visibility. Readers see an append once it is acknowledged: after its fsync
 under ``always``/``interval``, at once under ``none``. So no reader ever sees
 a record that a crash could take back. :attr:`Stream.committed` is that limit.
 
-Reading is synchronous ``pread`` of page-cache data plus per-batch header
-parsing: it never takes the write lock, so readers never block writers.
+Reading never takes the write lock, so readers never block writers. The
+newest batches are served from memory (:class:`RecentBatches`, the memory
+tier); older ones from their segment, whichever tier holds it: a local
+segment is ``pread`` from the page cache without yielding, an object-tier one
+(:class:`RemoteSegment`) is fetched by byte range through the read cache. A
+read finds each next segment by offset, so segments that move to the object
+tier or leave by retention while it awaits do not confuse it.
 """
 
 from __future__ import annotations
@@ -54,10 +59,15 @@ from journal.segments.batch import (
     set_base_offset,
 )
 from journal.segments.index import SparseIndex
-from journal.segments.segment import Segment, scan_batches, segment_name
+from journal.segments.segment import Segment, segment_name
 from journal.stats import LatencyHistogram, StreamStatistics
+from journal.tiering.base import Tier
+from journal.tiering.memory import RecentBatches
+from journal.tiering.remote import RemoteSegment
 
-__all__ = ["GROUP_COMMIT_BYTES", "Stream"]
+__all__ = ["GROUP_COMMIT_BYTES", "AnySegment", "Stream"]
+
+AnySegment = Segment | RemoteSegment
 
 log = logging.getLogger("journal")
 
@@ -81,6 +91,7 @@ class Stream:
         *,
         fsync: FsyncPolicy,
         fsync_interval_ms: int,
+        objects: Tier | None = None,
     ) -> None:
         self.name = entry.name
         self.id = entry.id
@@ -90,7 +101,9 @@ class Stream:
         self.policy: FsyncPolicy = entry.config.fsync or fsync
         interval = entry.config.fsync_interval_ms
         self._interval = (fsync_interval_ms if interval is None else interval) / 1000
-        self.segments: list[Segment] = []
+        self.segments: list[AnySegment] = []
+        self.objects = objects  # the object tier (through its read cache), if any
+        self.recent = RecentBatches(entry.config.memory_bytes)
         self.committed = 0  # readers see offsets below this
         self._durable = 0  # offsets below this are fsynced
         self._write_lock = trio.Lock()
@@ -118,9 +131,13 @@ class Stream:
         fsync: FsyncPolicy,
         fsync_interval_ms: int,
         now_ms: int,
+        objects: Tier | None = None,
     ) -> Stream:
         """Open (and, after a crash, recover) a stream's segments."""
-        self = cls(entry, directory, catalog, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
+        self = cls(
+            entry, directory, catalog,
+            fsync=fsync, fsync_interval_ms=fsync_interval_ms, objects=objects,
+        )  # fmt: skip
         directory.mkdir(parents=True, exist_ok=True)
         try:
             self._recover(now_ms)
@@ -136,13 +153,28 @@ class Stream:
         sealed = self._catalog.sealed_segments(self.id)
         quarantined = self._catalog.quarantined(self.id)
         ckpt = self._catalog.checkpoint(self.id)
-        bases = sorted(int(p.stem) for p in self.directory.glob("*.log") if _is_segment(p))
-        for base in set(sealed) - set(bases):
+        for (_, base), key in self._catalog.uploads(self.id).items():
+            log.info("stream %s: discarding an upload of %d that never committed", self.name, base)
+            self._catalog.abandon_upload(self.id, base, key)
+        remote = {base: seg for base, seg in sealed.items() if seg.tier == "object"}
+        files = {int(p.stem) for p in self.directory.glob("*.log") if _is_segment(p)}
+        for base in files & set(remote):
+            # Committed to the object tier before a crash took the local delete.
+            for suffix in (".log", ".index", ".timeindex"):
+                (self.directory / f"{segment_name(base)}{suffix}").unlink(missing_ok=True)
+        files -= set(remote)
+        for base in set(sealed) - files - set(remote):
             self._catalog.forget_segment(self.id, base)  # removed by retention before a crash
+        bases = sorted(files | set(remote))
         for i, base in enumerate(bases):
+            next_base = bases[i + 1] if i + 1 < len(bases) else None
+            if base in remote:
+                seg_r = self._remote(remote[base])
+                seg_r.quarantined = quarantined.get(base)
+                self.segments.append(seg_r)
+                continue
             path = self.directory / f"{segment_name(base)}.log"
-            is_last = i == len(bases) - 1
-            next_base = None if is_last else bases[i + 1]
+            is_last = next_base is None
             known = sealed.get(base)
             if next_base is None and known is not None:
                 next_base = known.next_offset
@@ -200,14 +232,27 @@ class Stream:
             self._catalog.set_checkpoint(self.id, Checkpoint(start, 0, start))
             _fsync_dir(self.directory)
 
-    def _quarantine(self, seg: Segment, reason: str, position: int, next_base: int | None) -> None:
+    def _remote(self, entry: SealedSegment) -> RemoteSegment:
+        if self.objects is None:
+            raise StorageError(
+                "segment is in the object tier but the journal was opened without object_url",
+                stream=self.name, segment=f"{entry.key}.log",
+            )  # fmt: skip
+        return RemoteSegment(
+            entry, self.objects, index_interval=self.config.index_interval_bytes, stream=self.name
+        )
+
+    def _quarantine(
+        self, seg: AnySegment, reason: str, position: int, next_base: int | None
+    ) -> None:
         """Refuse a sealed segment that failed its checks; keep the file for an operator."""
         message = f"{reason} (at byte {position})"
-        log.error("stream %s: quarantining %s: %s", self.name, seg.path.name, message)
+        log.error("stream %s: quarantining %s: %s", self.name, seg.name, message)
         self._catalog.quarantine(self.id, seg.base_offset, message)
         seg.quarantined = message
-        seg.sealed = True
-        seg.size = seg.path.stat().st_size
+        if isinstance(seg, Segment):
+            seg.sealed = True
+            seg.size = seg.file_size()
         if next_base is not None:
             seg.next_offset = next_base
         if seg not in self.segments:
@@ -217,7 +262,9 @@ class Stream:
 
     @property
     def active(self) -> Segment:
-        return self.segments[-1]
+        seg = self.segments[-1]
+        assert isinstance(seg, Segment)  # the newest segment is always local
+        return seg
 
     @property
     def first_offset(self) -> int:
@@ -285,9 +332,12 @@ class Stream:
         start = seg.size
         try:
             for batch in batches:
-                set_base_offset(batch, seg.next_offset)
+                batch_base = seg.next_offset
+                set_base_offset(batch, batch_base)
                 seg.write(batch, parse_header(batch, 0))
+                self.recent.add(batch_base, seg.next_offset, bytes(batch))
         except OSError as exc:
+            self.recent.clear()
             seg.truncate(start)
             seg.next_offset = base
             raise StorageError(
@@ -421,49 +471,51 @@ class Stream:
                 next_offset=self.committed,
             )
 
-    def read_batches(self, offset: int, max_bytes: int) -> list[bytes]:
+    async def read_batches(self, offset: int, max_bytes: int) -> list[bytes]:
         """Raw batches from the one holding ``offset`` on, about ``max_bytes`` in all.
 
         The first batch is returned even when it alone is larger than
         ``max_bytes`` (so a consumer always makes progress); it may start before
-        ``offset``, as in Kafka. A quarantined segment ends the read; it raises
-        only when the first batch asked for lies in it.
+        ``offset``, as in Kafka. A segment that cannot be read (quarantined, or
+        in an unreachable object tier) ends the read; it raises only when the
+        first batch asked for lies in it.
         """
         self._check_range(offset)
         limit = self.committed
+        hot = self.recent.read(offset, limit, max_bytes)
+        if hot is not None:
+            return hot
         out: list[bytes] = []
         budget = max_bytes
-        i = bisect_right(self.segments, offset, key=_base_offset) - 1
-        while offset < limit and i < len(self.segments):
+        while offset < limit:
+            i = bisect_right(self.segments, offset, key=_base_offset) - 1
+            if i < 0 or self._closed is not None:
+                break  # retention or closing overtook a read that awaited
             seg = self.segments[i]
             try:
-                offset, budget, full = self._read_segment(seg, offset, limit, budget, out)
-            except CorruptSegmentError:
+                offset, budget, full = await self._read_segment(seg, offset, limit, budget, out)
+            except StorageError:
                 if out:
                     break
                 raise
-            if full:
+            if full or offset < seg.next_offset:
                 break
-            i += 1
         return out
 
-    def _read_segment(
-        self, seg: Segment, offset: int, limit: int, budget: int, out: list[bytes]
+    async def _read_segment(
+        self, seg: AnySegment, offset: int, limit: int, budget: int, out: list[bytes]
     ) -> tuple[int, int, bool]:
         if seg.quarantined is not None:
             raise CorruptSegmentError(
                 f"segment is quarantined: {seg.quarantined}",
-                stream=self.name, segment=seg.path.name,
+                stream=self.name, segment=seg.name,
             )  # fmt: skip
-        pos = self._checked_entry(seg, lambda: seg.index.entry_for_offset(offset))[1]
+        await seg.ready()
+        pos = (await self._checked_entry(seg, lambda: seg.index.entry_for_offset(offset)))[1]
         end = seg.size
-        chunk_size = max(budget + 2 * self.config.index_interval_bytes, _MIN_READ)
-        buf = b""
-        buf_pos = pos
+        reader = _Reader(seg, max(budget + 2 * self.config.index_interval_bytes, _MIN_READ))
         while pos < end:
-            rel = pos - buf_pos
-            if len(buf) - rel < HEADER_SIZE:
-                buf, buf_pos, rel = seg.read(pos, min(chunk_size, end - pos)), pos, 0
+            buf, rel = await reader.at(pos, HEADER_SIZE)
             header = self._header_at(seg, buf, rel, pos)
             if header.base_offset >= limit:
                 return offset, budget, True
@@ -471,8 +523,7 @@ class Stream:
             if header.next_offset > offset:
                 if out and size > budget:
                     return offset, budget, True
-                if len(buf) - rel < size:
-                    buf, buf_pos, rel = seg.read(pos, max(size, min(chunk_size, end - pos))), pos, 0
+                buf, rel = await reader.at(pos, size)
                 self._verify(seg, buf, rel, pos)
                 out.append(buf if rel == 0 and size == len(buf) else buf[rel : rel + size])
                 budget -= size
@@ -480,8 +531,8 @@ class Stream:
             pos += size
         return offset, budget, budget <= 0
 
-    def _checked_entry(
-        self, seg: Segment, lookup: Callable[[], tuple[int, int]]
+    async def _checked_entry(
+        self, seg: AnySegment, lookup: Callable[[], tuple[int, int]]
     ) -> tuple[int, int]:
         """The index entry (offset, position) ``lookup`` finds, checked against the log.
 
@@ -491,75 +542,67 @@ class Stream:
         """
         entry_offset, pos = lookup()
         try:
-            if parse_header(seg.read(pos, HEADER_SIZE), 0).base_offset == entry_offset:
+            header = parse_header(await seg.fetch(pos, HEADER_SIZE), 0)
+            if header.base_offset == entry_offset:
                 return entry_offset, pos
         except InvalidBatchError:
             pass
-        log.warning("stream %s: rebuilding the damaged index of %s", self.name, seg.path.name)
+        log.warning("stream %s: rebuilding the damaged index of %s", self.name, seg.name)
         problem = seg.rebuild_index()
         if problem is not None:
             raise self.report_corruption(seg, problem, pos)
         return lookup()
 
-    def _header_at(self, seg: Segment, buf: bytes, rel: int, pos: int) -> BatchHeader:
+    def _header_at(self, seg: AnySegment, buf: bytes, rel: int, pos: int) -> BatchHeader:
         try:
             return parse_header(buf, rel)
         except InvalidBatchError as exc:
             raise self.report_corruption(seg, exc.reason, pos) from None
 
-    def _verify(self, seg: Segment, buf: bytes, rel: int, pos: int) -> None:
+    def _verify(self, seg: AnySegment, buf: bytes, rel: int, pos: int) -> None:
         try:
             check_batch(buf, rel)
         except InvalidBatchError as exc:
             raise self.report_corruption(seg, exc.reason, pos) from None
 
-    def report_corruption(self, seg: Segment, reason: str, pos: int) -> StorageError:
-        """A batch on disk failed its checks: quarantine a sealed segment, never serve it."""
+    def report_corruption(self, seg: AnySegment, reason: str, pos: int) -> StorageError:
+        """A batch failed its checks: quarantine a sealed segment, never serve it."""
         if seg.sealed and seg.quarantined is None:
             self._quarantine(seg, reason, pos, None)
-            seg.close()
+            if isinstance(seg, Segment):
+                seg.retire()
         cls = CorruptSegmentError if seg.sealed else StorageError
-        return cls(
-            f"corrupt batch: {reason}", stream=self.name, segment=seg.path.name, position=pos
-        )
+        return cls(f"corrupt batch: {reason}", stream=self.name, segment=seg.name, position=pos)
 
-    def read(self, offset: int, max_bytes: int) -> list[Record]:
+    async def read(self, offset: int, max_bytes: int) -> list[Record]:
         records: list[Record] = []
-        for raw in self.read_batches(offset, max_bytes):
+        for raw in await self.read_batches(offset, max_bytes):
             _, batch = decode_batch(raw)
             if batch and batch[0].offset is not None and batch[0].offset < offset:
                 batch = [r for r in batch if r.offset is not None and r.offset >= offset]
             records += batch
         return records
 
-    def offset_for_time(self, timestamp: int) -> int | None:
+    async def offset_for_time(self, timestamp: int) -> int | None:
         """The first committed offset whose timestamp is >= ``timestamp``."""
         self._check_open()
-        for seg in self.segments:
+        for seg in list(self.segments):
             if seg.quarantined is not None or seg.max_timestamp < timestamp:
                 continue
-            start_offset, pos = self._checked_entry(seg, partial(_time_entry, seg, timestamp))
-            found: list[int] = []
-
-            def first_match(p: int, header: BatchHeader, found: list[int] = found) -> bool:
+            await seg.ready()
+            _, pos = await self._checked_entry(seg, partial(_time_entry, seg, timestamp))
+            reader = _Reader(seg, _MIN_READ)
+            while pos < seg.size:
+                buf, rel = await reader.at(pos, HEADER_SIZE)
+                header = self._header_at(seg, buf, rel, pos)
                 if header.max_timestamp >= timestamp:
-                    found.append(p)
-                return bool(found)
-
-            result = scan_batches(
-                seg.fd, pos, seg.size, start_offset, verify=False, on_batch=first_match
-            )
-            if not found:
-                if result.error is not None:
-                    raise self.report_corruption(seg, result.error, result.position)
-                continue
-            header = self._header_at(seg, seg.read(found[0], HEADER_SIZE), 0, found[0])
-            raw = seg.read(found[0], header.size)
-            self._verify(seg, raw, 0, found[0])
-            for rec in decode_batch(raw)[1]:
-                if rec.timestamp is not None and rec.timestamp >= timestamp:
-                    off = rec.offset
-                    return off if off is not None and off < self.committed else None
+                    buf, rel = await reader.at(pos, header.size)
+                    self._verify(seg, buf, rel, pos)
+                    for rec in decode_batch(buf[rel : rel + header.size])[1]:
+                        if rec.timestamp is not None and rec.timestamp >= timestamp:
+                            off = rec.offset
+                            return off if off is not None and off < self.committed else None
+                pos += header.size
         return None
 
     async def wait_for(self, offset: int) -> None:
@@ -584,24 +627,92 @@ class Stream:
         return self.apply_retention(now_ms)
 
     def apply_retention(self, now_ms: int) -> int:
-        """Delete whole sealed segments past ``retention_bytes``/``retention_ms``."""
-        cfg = self.config
+        """Delete whole sealed segments past ``retention_bytes``/``retention_ms``, every tier.
+
+        An object-tier segment goes to the catalog's trash (the migration
+        service deletes the objects). With an object tier, a local segment is
+        never deleted before its upload has committed, even past retention:
+        the oldest segments are uploaded first, and removed on a later pass.
+        """
         removed = 0
         total = self.size_bytes
         while len(self.segments) > 1 and self._closed is None:
             seg = self.segments[0]
-            too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
-            too_old = cfg.retention_ms is not None and 0 <= seg.max_timestamp < (
-                now_ms - cfg.retention_ms
-            )
-            if not (too_big or too_old):
+            if not self._expired(seg, total, now_ms):
                 break
-            self._catalog.forget_segment(self.id, seg.base_offset)
-            seg.remove()
+            if isinstance(seg, RemoteSegment):
+                self._catalog.forget_segment(self.id, seg.base_offset, key=seg.key)
+            elif self.objects is not None and seg.quarantined is None:
+                break  # not uploaded yet: the migration service takes it first
+            else:
+                self._catalog.forget_segment(self.id, seg.base_offset)
+                seg.remove()
             del self.segments[0]
             total -= seg.size
             removed += 1
         return removed
+
+    def _expired(self, seg: AnySegment, total: int, now_ms: int) -> bool:
+        cfg = self.config
+        too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
+        too_old = cfg.retention_ms is not None and 0 <= seg.max_timestamp < (
+            now_ms - cfg.retention_ms
+        )
+        return too_big or too_old
+
+    # -- tiering ------------------------------------------------------------------
+
+    def migration_candidates(self, now_ms: int) -> list[Segment]:
+        """Sealed local segments to move to the object tier now, oldest first.
+
+        A segment goes once the sealed local bytes exceed
+        ``local_retention_bytes``, its newest record is older than
+        ``local_retention_ms``, or retention wants it gone (see
+        :meth:`apply_retention`). Migration is in offset order, so the object
+        tier always holds a prefix of the stream.
+        """
+        if self.objects is None or self._closed is not None:
+            return []
+        cfg = self.config
+        local = [s for s in self.segments[:-1] if isinstance(s, Segment)]
+        local_bytes = sum(s.size for s in local)
+        total = self.size_bytes
+        out = []
+        for seg in local:
+            if seg.quarantined is not None:
+                break  # never uploaded: an operator decides
+            over = cfg.local_retention_bytes is not None and local_bytes > cfg.local_retention_bytes
+            old = cfg.local_retention_ms is not None and 0 <= seg.max_timestamp < (
+                now_ms - cfg.local_retention_ms
+            )
+            if not (over or old or self._expired(seg, total, now_ms)):
+                break
+            out.append(seg)
+            local_bytes -= seg.size
+            total -= seg.size
+        return out
+
+    def holds(self, seg: AnySegment) -> bool:
+        """Whether ``seg`` is still one of this open stream's segments."""
+        return self._closed is None and any(s is seg for s in self.segments)
+
+    def replace_segment(self, old: Segment, new: RemoteSegment) -> None:
+        """Swap a local segment for its committed object-tier copy and delete the file.
+
+        Synchronous, so no read is half-way through ``old`` (local reads never
+        yield inside a segment) and no retention pass runs in between.
+        """
+        i = next(i for i, s in enumerate(self.segments) if s is old)
+        self.segments[i] = new
+        old.remove()
+
+    def tier_bytes(self) -> dict[str, int]:
+        """Bytes per tier: the active segment counts as memory (its newest part is served
+        from there), sealed segments as local or object."""
+        out = {"memory": self.active.size, "local": 0, "object": 0}
+        for seg in self.segments[:-1]:
+            out[seg.tier] += seg.size
+        return out
 
     # -- closing --------------------------------------------------------------
 
@@ -627,14 +738,17 @@ class Stream:
     def _shut(self, error: type[JournalClosedError]) -> None:
         self._closed = error(f"stream {self.name!r} is closed")
         for seg in self.segments:
-            seg.close()
+            if isinstance(seg, Segment):
+                seg.retire()  # a worker thread may still be scanning or uploading it
         woken, self._appended = self._appended, trio.Event()
         woken.set()
         self._synced.set()
 
     # -- statistics -----------------------------------------------------------
 
-    def statistics(self) -> StreamStatistics:
+    def statistics(self, now_ms: int) -> StreamStatistics:
+        tiers = self.tier_bytes()
+        backlog = self.migration_candidates(now_ms)
         return StreamStatistics(
             name=self.name,
             first_offset=self.first_offset,
@@ -647,6 +761,12 @@ class Stream:
             bytes_appended=self._bytes,
             fsyncs=self._fsyncs,
             fsync_latency=self._fsync_latency.copy(),
+            memory_bytes=self.recent.used_bytes,
+            local_bytes=tiers["memory"] + tiers["local"],
+            object_bytes=tiers["object"],
+            object_segments=sum(isinstance(s, RemoteSegment) for s in self.segments),
+            migration_backlog_segments=len(backlog),
+            migration_backlog_bytes=sum(s.size for s in backlog),
         )
 
 
@@ -694,11 +814,29 @@ def _estimated_size(rec: Record) -> int:
     return size
 
 
-def _base_offset(seg: Segment) -> int:
+class _Reader:
+    """Buffered reads of one segment, so one fetch serves many batch headers."""
+
+    def __init__(self, seg: AnySegment, chunk: int) -> None:
+        self.seg = seg
+        self.chunk = chunk
+        self.buf = b""
+        self.start = 0
+
+    async def at(self, pos: int, length: int) -> tuple[bytes, int]:
+        """A buffer holding bytes ``pos:pos+length`` (fewer at the end), and where they start."""
+        rel = pos - self.start
+        if rel < 0 or len(self.buf) - rel < length:
+            want = max(length, min(self.chunk, self.seg.size - pos))
+            self.buf, self.start, rel = await self.seg.fetch(pos, want), pos, 0
+        return self.buf, rel
+
+
+def _base_offset(seg: AnySegment) -> int:
     return seg.base_offset
 
 
-def _time_entry(seg: Segment, timestamp: int) -> tuple[int, int]:
+def _time_entry(seg: AnySegment, timestamp: int) -> tuple[int, int]:
     return seg.index.entry_for_time(timestamp)
 
 

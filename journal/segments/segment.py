@@ -16,7 +16,8 @@ Opening a segment after a crash is :meth:`Segment.recover`: the rules are in
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from journal.errors import InvalidBatchError, StorageError
 from journal.segments.batch import HEADER_SIZE, BatchHeader, check_batch, parse_header
 from journal.segments.index import SparseIndex
 
-__all__ = ["ScanResult", "Segment", "scan_batches", "segment_name"]
+__all__ = ["ScanResult", "Segment", "pread_of", "scan_batches", "segment_name"]
 
 _CHUNK = 1 << 20
 
@@ -42,8 +43,13 @@ class ScanResult:
     error: str | None = None
 
 
+def pread_of(fd: int) -> Callable[[int, int], bytes]:
+    """A ``read(position, length)`` over a file descriptor, for :func:`scan_batches`."""
+    return lambda position, length: os.pread(fd, length, position)
+
+
 def scan_batches(
-    fd: int,
+    read: Callable[[int, int], bytes],
     start: int,
     end: int,
     next_offset: int,
@@ -51,7 +57,7 @@ def scan_batches(
     verify: bool,
     on_batch: Callable[[int, BatchHeader], bool | None],
 ) -> ScanResult:
-    """Walk the batches in ``fd[start:end]``, calling ``on_batch`` for each good one.
+    """Walk the batches in bytes ``start:end`` of ``read``, calling ``on_batch`` for each good one.
 
     With ``verify`` every batch's CRC32C is checked, otherwise only headers are
     read. The walk stops at the first batch that is torn, fails its checks or
@@ -64,13 +70,13 @@ def scan_batches(
     while pos < end:
         rel = pos - buf_start
         if len(buf) - rel < HEADER_SIZE:
-            buf = os.pread(fd, min(_CHUNK, end - pos), pos)
+            buf = read(pos, min(_CHUNK, end - pos))
             buf_start, rel = pos, 0
         try:
             header = parse_header(buf, rel)
             if verify:
                 if len(buf) - rel < header.size:
-                    buf = os.pread(fd, min(max(_CHUNK, header.size), end - pos), pos)
+                    buf = read(pos, min(max(_CHUNK, header.size), end - pos))
                     buf_start, rel = pos, 0
                 check_batch(buf, rel)
             elif pos + header.size > end:
@@ -101,9 +107,14 @@ class Segment:
         "next_offset",
         "path",
         "quarantined",
+        "retired",
         "sealed",
         "size",
+        "users",
     )
+
+    tier = "local"
+    key = None  # only object-tier segments have one
 
     def __init__(
         self, path: Path, base_offset: int, fd: int, index: SparseIndex, *, sealed: bool
@@ -118,6 +129,8 @@ class Segment:
         self.created_ms: int | None = None  # wall time of the first batch written
         self.quarantined: str | None = None
         self.index_flushed = 0  # entries already written to the index files
+        self.users = 0  # readers that await while using ``fd`` (see :meth:`pinned`)
+        self.retired = False  # close ``fd`` once the last user is done
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -160,15 +173,16 @@ class Segment:
             )
             seg = cls(path, base_offset, fd, index, sealed=sealed)
             walk_from, walk_offset = seg._resume_point()
+            read = pread_of(fd)
             result = scan_batches(
-                fd, walk_from, trusted, walk_offset, verify=False, on_batch=seg._observe
+                read, walk_from, trusted, walk_offset, verify=False, on_batch=seg._observe
             )
             if result.error is not None or result.next_offset != trusted_next:
                 # The recovery point or the index disagrees with the file.
                 problem = result.error or f"log ends at offset {result.next_offset}"
                 seg.index = SparseIndex(base_offset, index_interval)
                 result = scan_batches(
-                    fd, 0, file_size, base_offset, verify=not sealed, on_batch=seg._observe
+                    read, 0, file_size, base_offset, verify=not sealed, on_batch=seg._observe
                 )
                 if sealed:
                     result.error = f"sealed segment disagrees with the catalog: {problem}"
@@ -177,7 +191,7 @@ class Segment:
                     result.error = f"sealed segment has {file_size - trusted} unexpected bytes"
                 else:
                     result = scan_batches(
-                        fd, trusted, file_size, result.next_offset,
+                        read, trusted, file_size, result.next_offset,
                         verify=True, on_batch=seg._observe,
                     )  # fmt: skip
             seg.size = result.position
@@ -215,16 +229,40 @@ class Segment:
         self.index.observe(pos, header.base_offset, header.max_timestamp)
         return False
 
+    @property
+    def name(self) -> str:
+        return self.path.name
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Keep ``fd`` open across awaits (a worker-thread scan, an upload)."""
+        self.users += 1
+        try:
+            yield
+        finally:
+            self.users -= 1
+            if self.retired and not self.users:
+                self.close()
+
     def remove(self) -> None:
-        """Close and delete the segment's files (retention, stream deletion)."""
-        self.close()
+        """Delete the segment's files (retention, migration); close once unpinned."""
         for suffix in (".log", ".index", ".timeindex"):
             self.path.with_suffix(suffix).unlink(missing_ok=True)
+        self.retire()
+
+    def retire(self) -> None:
+        """No new reads: close ``fd`` now, or when the last pinned user is done."""
+        self.retired = True
+        if not self.users:
+            self.close()
+
+    def file_size(self) -> int:
+        return self.path.stat().st_size
 
     def truncate(self, position: int) -> None:
         """Cut the active segment at ``position`` (recovery of a torn tail)."""
@@ -259,7 +297,7 @@ class Segment:
             return False
 
         result = scan_batches(
-            self.fd, 0, self.size, self.base_offset, verify=False, on_batch=observe
+            pread_of(self.fd), 0, self.size, self.base_offset, verify=False, on_batch=observe
         )
         if result.error is not None or result.position != self.size:
             return result.error or "the log ends before its recorded size"
@@ -284,6 +322,13 @@ class Segment:
 
     def read(self, position: int, length: int) -> bytes:
         return os.pread(self.fd, length, position)
+
+    async def fetch(self, position: int, length: int) -> bytes:
+        """:meth:`read` for the tier-agnostic read path; never yields (page cache)."""
+        return os.pread(self.fd, length, position)
+
+    async def ready(self) -> None:
+        """Local segments always have their index at hand."""
 
     @property
     def max_timestamp(self) -> int:
