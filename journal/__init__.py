@@ -17,6 +17,7 @@ from journal.errors import (
     InvalidBatchError,
     JournalClosedError,
     LocalProtocolError,
+    ObjectStoreError,
     OffsetOutOfRangeError,
     ProtocolError,
     RemoteProtocolError,
@@ -27,9 +28,14 @@ from journal.errors import (
     UnknownStreamError,
     UnsupportedCompressionError,
 )
-from journal.journal import Journal, StreamInfo
+from journal.journal import Journal, SegmentInfo, StreamInfo
 from journal.records import AppendResult, Header, Record
-from journal.stats import JournalStatistics, LatencyHistogram, StreamStatistics
+from journal.stats import (
+    JournalStatistics,
+    LatencyHistogram,
+    StreamStatistics,
+    TieringStatistics,
+)
 
 __all__ = [
     "FSYNC_POLICIES",
@@ -45,10 +51,12 @@ __all__ = [
     "JournalStatistics",
     "LatencyHistogram",
     "LocalProtocolError",
+    "ObjectStoreError",
     "OffsetOutOfRangeError",
     "ProtocolError",
     "Record",
     "RemoteProtocolError",
+    "SegmentInfo",
     "StorageError",
     "StrataError",
     "StreamConfig",
@@ -56,6 +64,7 @@ __all__ = [
     "StreamExistsError",
     "StreamInfo",
     "StreamStatistics",
+    "TieringStatistics",
     "UnknownStreamError",
     "UnsupportedCompressionError",
 ]

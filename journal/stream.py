@@ -218,7 +218,10 @@ class Stream:
                         self.name, path.name, result.position, result.error,
                     )  # fmt: skip
                     seg.truncate(result.position)
-                    os.fsync(seg.fd)
+                # What survived past the checkpoint may never have been fsynced (a
+                # crash, or a failed fsync): make it durable before readers see it.
+                os.fsync(seg.fd)
+                self._catalog.set_checkpoint(self.id, Checkpoint(base, seg.size, seg.next_offset))
                 if ckpt is not None and trusted and seg.next_offset < ckpt.next_offset:
                     log.error(
                         "stream %s: %s ends at offset %d but offsets up to %d were fsynced",
@@ -330,16 +333,18 @@ class Stream:
             seg = self.active
         base = seg.next_offset
         start = seg.size
+        max_timestamp = seg.index.max_timestamp
         try:
             for batch in batches:
                 batch_base = seg.next_offset
                 set_base_offset(batch, batch_base)
                 seg.write(batch, parse_header(batch, 0))
-                self.recent.add(batch_base, seg.next_offset, bytes(batch))
+                self.recent.add(batch_base, seg.next_offset, batch)
         except OSError as exc:
             self.recent.clear()
             seg.truncate(start)
             seg.next_offset = base
+            seg.index.max_timestamp = max_timestamp
             raise StorageError(
                 f"write failed: {exc}", stream=self.name, segment=seg.path.name, position=start
             ) from exc

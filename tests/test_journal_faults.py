@@ -251,16 +251,6 @@ async def test_failed_fsync_fences_its_stream_only(
         assert _values(await read_all(j, "b")) == [b"b0", b"b1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Stream._recover (journal/stream.py, active-segment branch) keeps CRC-valid "
-        "batches past the checkpoint and then sets committed = _durable = next_offset "
-        "without fsyncing them: an append whose fsync failed (EIO) is served to readers "
-        "after a reopen although no fsync ever covered it, so a power loss can still take "
-        "it back and its offset be reused"
-    ),
-)
 async def test_reopen_after_failed_fsync_serves_only_fsynced_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,8 +288,8 @@ async def test_failed_write_is_undone(
     # so `room` lets the three-batch append write its first batch whole before failing.
     config = StreamConfig(max_batch_bytes=200)
     acked = [Record(b"first"), Record(b"second")]
-    size = 100 if whole else 8
-    doomed = [Record(bytes([65 + i]) * size) for i in range(3)]
+    value_size = 100 if whole else 8
+    doomed = [Record(bytes([65 + i]) * value_size) for i in range(3)]
     retry = [Record(b"retry")]
     async with _open(tmp_path) as j:
         await j.create_stream(STREAM, config)
@@ -335,17 +325,6 @@ async def test_failed_write_is_undone(
         assert await j.verify(STREAM) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a failed multi-batch append leaves the timestamp of its undone batches in the "
-        "segment's max_timestamp: Stream._write's seg.truncate(start) relies on "
-        "SparseIndex.truncate (journal/segments/index.py), which restores max_timestamp "
-        "only when an index entry lies at or after `start`; the undone first batch had "
-        "none (within index_interval_bytes of the last entry), so time retention "
-        "(and the catalog's sealed max_timestamp) sees a record that was never stored"
-    ),
-)
 async def test_failed_write_leaves_no_timestamp_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,8 +83,8 @@ class RecentBatches:
         """The oldest offset held, or None when empty."""
         return self._bases[self._start] if self._start < len(self._bases) else None
 
-    def add(self, base_offset: int, next_offset: int, batch: bytes) -> None:
-        """Remember a batch just written; a gap (a batch not added) starts afresh."""
+    def add(self, base_offset: int, next_offset: int, batch: bytes | bytearray) -> None:
+        """Remember (a copy of) a batch just written; a gap (a batch not added) starts afresh."""
         if base_offset != self._next:
             self.clear()
         self._next = next_offset
@@ -93,7 +93,7 @@ class RecentBatches:
             self._next = next_offset
             return
         self._bases.append(base_offset)
-        self._batches.append(batch)
+        self._batches.append(bytes(batch))
         self.used_bytes += len(batch)
         while self.used_bytes > self.budget_bytes:
             self.used_bytes -= len(self._batches[self._start])
