@@ -25,6 +25,7 @@ __all__ = [
     "JournalClosedError",
     "LocalProtocolError",
     "ObjectStoreError",
+    "ObjectStoreTimeoutError",
     "OffsetOutOfRangeError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -108,6 +109,10 @@ class CorruptSegmentError(StorageError):
 
 class ObjectStoreError(StorageError):
     """The object store failed, timed out or could not be reached; names the segment."""
+
+
+class ObjectStoreTimeoutError(ObjectStoreError):
+    """An object-store call gave up at its timeout; its request may still land later."""
 
 
 class JournalClosedError(StrataError):

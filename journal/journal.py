@@ -56,6 +56,9 @@ __all__ = ["Journal", "SegmentInfo", "StreamInfo"]
 log = logging.getLogger("journal")
 
 _MAX_NAME = 249  # Kafka's topic name limit
+# How long, in object_timeouts, a call abandoned at its timeout may still reach
+# the store: s3fs tries twice (retries=1), botocore twice, each connect + read.
+_ABANDONED_CALL_GRACE = 10
 _SLUG = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -171,6 +174,7 @@ class Journal:
                 catalog, store, reader, lambda: list(journal._streams.values()),
                 journal_id=catalog.journal_id(), concurrency=upload_concurrency,
                 backoff=upload_backoff, clock=clock,
+                grace=_ABANDONED_CALL_GRACE * object_timeout,
             )  # fmt: skip
         body_error: Exception | None = None
         try:
@@ -394,11 +398,10 @@ class Journal:
         Normally the migration service does this every ``maintenance_interval``.
         Failures are counted and logged, not raised (see ``statistics().tiering``).
         """
-        if name is not None:
-            self._stream(name)
+        only = self._stream(name) if name is not None else None
         if self._migrator is None:
             return 0
-        return await self._migrator.run_pass()
+        return await self._migrator.run_pass(only=only)
 
     async def verify(self, name: str) -> list[StorageError]:
         """Check every batch's CRC32C in every segment, every tier; quarantine bad sealed ones.
@@ -489,6 +492,7 @@ class Journal:
             orphans_found=m.orphans_found,
             cache_hits=cache.hits,
             cache_misses=cache.misses,
+            cache_prefetch_started=cache.prefetch_started,
             cache_prefetched=cache.prefetched,
             cache_bytes=cache.cached_bytes,
             bytes_fetched=cache.bytes_fetched,

@@ -83,6 +83,7 @@ class TieringStatistics:
     orphans_found: int
     cache_hits: int
     cache_misses: int
+    cache_prefetch_started: int
     cache_prefetched: int
     cache_bytes: int
     bytes_fetched: int

@@ -253,6 +253,7 @@ class Stream:
         log.error("stream %s: quarantining %s: %s", self.name, seg.name, message)
         self._catalog.quarantine(self.id, seg.base_offset, message)
         seg.quarantined = message
+        self.recent.clear()  # it may hold copies of the refused batches
         if isinstance(seg, Segment):
             seg.sealed = True
             seg.size = seg.file_size()

@@ -6,7 +6,9 @@ One stream, ``orders``, in a journal opened with a fsync policy drawn once per
 run (``always``, ``interval`` or ``none``, set on the journal or on the stream)
 and a small ``StreamConfig``: 1-4 KiB segments, index intervals down to 1 byte,
 optional ``retention_bytes``, ``retention_ms``, ``segment_ms`` and
-``max_batch_bytes``. The journal runs in ``trio.run`` on a thread of its own
+``max_batch_bytes``. Half the runs have an object tier: a ``file://`` directory
+beside the journal, with ``local_retention_bytes=0`` so that every sealed
+segment is due to move. The journal runs in ``trio.run`` on a thread of its own
 (:class:`JournalThread`) and stays open across rules, as in real use; rules
 call into it with ``trio.from_thread``. Time is a fake clock that a rule
 advances: nothing sleeps, and the maintenance task never runs on its own.
@@ -16,7 +18,9 @@ of client-encoded batches, concurrent appends sharing fsyncs, concurrent appends
 cancelled while they wait for their fsync, explicit rolls, retention passes,
 ``read``/``read_batches`` at any offset with any ``max_bytes``, reads out of range,
 ``offset_for_time``, ``verify``, deleting and re-creating the stream, clean
-close and reopen, crashes, and bit rot in sealed segments.
+close and reopen, crashes, bit rot in sealed segments, and (with an object
+tier) ``migrate``: one pass of the migration service, run by the rule so that
+nothing moves behind the model's back.
 
 The model
 ---------
@@ -36,17 +40,30 @@ The model
   fsync; the next fsync (append, roll, retention pass, close) publishes them;
 * ``durable``: how many bytes of the active segment a crash cannot take back:
   the committed ones under ``always``/``interval``; under ``none`` what the last
-  roll, retention pass, clean close or recovery left.
+  roll, retention pass, clean close or recovery left;
+* with an object tier, which sealed segments live there (``MSegment.remote``):
+  a pass moves every sealed local segment in offset order up to the first
+  quarantined one; retention removes object-tier segments (their objects go to
+  the trash, counted in ``trash``, and leave the store on the next pass) but
+  never a local one that is not uploaded yet; the store holds exactly the
+  three objects of each object-tier segment after a pass, and the stream
+  directory exactly the ``.log`` files of the local segments. Migration must
+  not change anything a read returns.
 
 A crash is :meth:`Journal.abandon`, then what a lost page cache could leave: the
 active ``.log`` cut anywhere at or after ``durable``, then a tail (garbage, a
 torn batch, a batch with a bad CRC or offset, or a whole valid batch that was
-never acknowledged); index files of any segment may also be deleted, cut or
+never acknowledged); index files of any local segment may also be deleted, cut or
 zero-extended (they are derived data). Recovery must keep exactly the original
 batches still intact on disk, plus the unacknowledged batch if it follows them
-whole. Bit rot flips a byte under a batch's CRC in a sealed segment: ``verify``
-must report it, and the segment is then quarantined (reads stop before it and
-raise inside it, ``offset_for_time`` skips it).
+whole. Crashes and bit rot touch local files only (the active segment is
+always local; index damage picks local segments). Bit rot flips a byte under a
+batch's CRC in a sealed local segment: ``verify`` must report it, and the
+segment is then quarantined (reads stop before it and raise inside it,
+``offset_for_time`` skips it).
+
+The stream's memory window (the newest batches, served without the segments)
+is drawn too: off, small (a few batches, so it slides), or the default.
 
 Longer hunts: ``JOURNAL_MODEL_EXAMPLES=3000 JOURNAL_MODEL_STEPS=60`` (~12 min).
 The plain tests at the end pin the bugs this machine found.
@@ -88,11 +105,14 @@ from journal import (
     Journal,
     OffsetOutOfRangeError,
     Record,
+    SegmentInfo,
     StreamConfig,
     StreamInfo,
     StreamStatistics,
+    TieringStatistics,
 )
 from journal.segments.batch import decode_batch, encode_batch
+from journal.tiering.remote import SUFFIXES
 
 T = TypeVar("T")
 
@@ -101,6 +121,8 @@ T0 = 1_000_000  # explicit timestamps come from a narrow window after T0
 _TS_WINDOW = 40
 _PICK_SCALE = 1 << 16
 _CALL_TIMEOUT = 30.0  # seconds: a hung journal call fails the test instead of hanging it
+# The stream's memory window: off, a few batches, the default.
+_MEMORY_BYTES = (0, 2048, 4 << 20)
 
 # -- the journal on its own trio thread ------------------------------------------
 
@@ -113,9 +135,15 @@ class JournalThread:
     """
 
     def __init__(
-        self, path: Path, fsync: FsyncPolicy, interval_ms: int, clock: Callable[[], int]
+        self,
+        path: Path,
+        fsync: FsyncPolicy,
+        interval_ms: int,
+        clock: Callable[[], int],
+        object_url: str | None = None,
     ) -> None:
         self._path = path
+        self._object_url = object_url
         self._fsync: FsyncPolicy = fsync
         self._interval_ms = interval_ms
         self._clock = clock
@@ -145,8 +173,9 @@ class JournalThread:
             self._path,
             fsync=self._fsync,
             fsync_interval_ms=self._interval_ms,
-            maintenance_interval=3600.0,  # retention and rolls only when a rule asks
+            maintenance_interval=3600.0,  # retention, rolls, migration only when a rule asks
             clock=self._clock,
+            object_url=self._object_url,
         ) as journal:
             self._stop = trio.Event()
             self._token = trio.lowlevel.current_trio_token()
@@ -174,6 +203,14 @@ class JournalThread:
 
     def statistics(self) -> StreamStatistics:
         return trio.from_thread.run_sync(self.journal.statistics, NAME, trio_token=self._token)
+
+    def segments(self) -> list[SegmentInfo]:
+        return trio.from_thread.run_sync(self.journal.segments, NAME, trio_token=self._token)
+
+    def tiering(self) -> TieringStatistics:
+        stats = trio.from_thread.run_sync(self.journal.statistics, trio_token=self._token)
+        assert stats.tiering is not None
+        return stats.tiering
 
     def close(self, *, crash: bool = False) -> None:
         """Leave the ``async with``: a clean close, or after ``abandon()`` a crash."""
@@ -217,6 +254,7 @@ class MSegment:
     base: int
     batches: list[MBatch] = field(default_factory=list)
     quarantined: bool = False
+    remote: bool = False  # moved to the object tier
 
     @property
     def name(self) -> str:
@@ -314,8 +352,14 @@ async def _run_concurrently(
     return results
 
 
-async def _delete_and_create(journal: Journal, config: StreamConfig) -> None:
+async def _delete_and_create(journal: Journal, config: StreamConfig, *, tiered: bool) -> None:
     await journal.delete_stream(NAME)
+    if tiered:
+        # The deletion woke the migration service. Once every task is blocked its
+        # pass holds the migrator's lock or is over, so ours runs after it: no
+        # pass is left to run behind the model's back, and the trash is empty.
+        await trio.testing.wait_all_tasks_blocked()
+        await journal.migrate()
     await journal.create_stream(NAME, config)
 
 
@@ -325,7 +369,10 @@ async def _delete_and_create(journal: Journal, config: StreamConfig) -> None:
 class JournalMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.root = Path(tempfile.mkdtemp(prefix="journal-model-"))
+        self.base = Path(tempfile.mkdtemp(prefix="journal-model-"))
+        self.root = self.base / "journal"
+        self.objects: Path | None = None  # the object tier's directory, if any
+        self.trash = 0  # object-tier segments removed by retention, objects not deleted yet
         self.now = T0 + _TS_WINDOW // 2
         self.host: JournalThread | None = None
         self.policy: FsyncPolicy = "always"
@@ -364,9 +411,14 @@ class JournalMachine(RuleBasedStateMachine):
     def _clock(self) -> int:
         return self.now
 
+    @property
+    def tiered(self) -> bool:
+        return self.objects is not None
+
     def _open(self) -> None:
+        url = None if self.objects is None else f"file://{self.objects}"
         self.host = JournalThread(
-            self.root, self.journal_policy, self.journal_interval_ms, self._clock
+            self.root, self.journal_policy, self.journal_interval_ms, self._clock, url
         )
 
     def _stream_dir(self) -> Path:
@@ -375,6 +427,15 @@ class JournalMachine(RuleBasedStateMachine):
 
     def _log_path(self, base: int) -> Path:
         return self._stream_dir() / MSegment(base).name
+
+    def _local_logs(self) -> set[int]:
+        """The base offsets of the segment files in the stream directory."""
+        return {int(p.stem) for p in self._stream_dir().glob("*.log")}
+
+    def _stored_objects(self) -> set[str]:
+        """Every object in the object tier, by key."""
+        assert self.objects is not None
+        return {str(p.relative_to(self.objects)) for p in self.objects.rglob("*") if p.is_file()}
 
     def _segment_of(self, offset: int) -> MSegment:
         return next(s for s in reversed(self.segments) if s.base <= offset)
@@ -495,8 +556,12 @@ class JournalMachine(RuleBasedStateMachine):
         return out
 
     def _damage_indexes(self, data: st.DataObject) -> None:
-        """Index files are derived data: recovery must cope with them missing or torn."""
-        seg = self.segments[_pick(data, 0, len(self.segments) - 1, "index damage in segment")]
+        """Index files are derived data: recovery must cope with them missing or torn.
+
+        Local files only: an object-tier segment has none on this disk.
+        """
+        local = [s for s in self.segments if not s.remote]  # the active one at least
+        seg = local[_pick(data, 0, len(local) - 1, "index damage in segment")]
         for suffix in (".index", ".timeindex"):
             path = self._log_path(seg.base).with_suffix(suffix)
             action = data.draw(_INDEX_DAMAGE, label=f"{suffix} damage")
@@ -523,6 +588,8 @@ class JournalMachine(RuleBasedStateMachine):
         index_interval_bytes=st.sampled_from([1, 16, 64, 256, 1024, 4096]),
         max_batch_bytes=st.none() | st.integers(256, 2048),
         interval_ms=st.sampled_from([0, 1, 1, 25]),
+        tiered=st.booleans(),
+        memory_bytes=st.sampled_from(_MEMORY_BYTES),
     )
     def open_journal(
         self,
@@ -535,8 +602,12 @@ class JournalMachine(RuleBasedStateMachine):
         index_interval_bytes: int,
         max_batch_bytes: int | None,
         interval_ms: int,
+        tiered: bool,
+        memory_bytes: int,
     ) -> None:
         self.policy = policy
+        if tiered:
+            self.objects = self.base / "objects"
         # The stream's own settings override the journal's defaults.
         if policy_on_stream:
             self.journal_policy = "none" if policy == "always" else "always"
@@ -555,6 +626,11 @@ class JournalMachine(RuleBasedStateMachine):
             else max_batch_bytes,
             fsync=policy if policy_on_stream else None,
             fsync_interval_ms=interval_ms if policy_on_stream else None,
+            # With an object tier every sealed segment is due to move: the model
+            # need not know the local retention rules, only the migrate rule.
+            local_retention_bytes=0 if tiered else defaults.local_retention_bytes,
+            local_retention_ms=None if tiered else defaults.local_retention_ms,
+            memory_bytes=memory_bytes,
         )
         self._open()
         config = self.config
@@ -654,8 +730,11 @@ class JournalMachine(RuleBasedStateMachine):
 
     @rule()
     def delete_and_recreate(self) -> None:
-        self.j.call(partial(_delete_and_create, config=self.config))
+        self.j.call(partial(_delete_and_create, config=self.config, tiered=self.tiered))
         self._reset_stream()
+        if self.tiered:
+            self.trash = 0
+            assert self._stored_objects() == set(), "a deleted stream's objects are deleted"
 
     # -- rules: time and retention -------------------------------------------------
 
@@ -663,8 +742,15 @@ class JournalMachine(RuleBasedStateMachine):
     def advance_clock(self, ms: int) -> None:
         self.now += ms
 
-    @rule()
-    def apply_retention(self) -> None:
+    @rule(migrate_first=st.booleans())
+    def apply_retention(self, migrate_first: bool) -> None:
+        """A retention pass; with an object tier, after a migration pass if drawn (as
+        the migration service and the maintenance task both run every interval)."""
+        if migrate_first and self.tiered:
+            self._migrate()
+        self._retention()
+
+    def _retention(self) -> None:
         bases = [s.base for s in self.segments]
         # Like maintain(): roll an aged active segment, fsync what is not yet
         # durable (under "none" too), then retention.
@@ -676,6 +762,7 @@ class JournalMachine(RuleBasedStateMachine):
         cfg = self.config
         total = sum(s.size for s in self.segments)
         expected_removed = 0
+        waiting = False  # a local segment past retention waits for its upload
         while len(self.segments) > 1:
             seg = self.segments[0]
             too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
@@ -684,18 +771,62 @@ class JournalMachine(RuleBasedStateMachine):
             )
             if not (too_big or too_old):
                 break
+            if self.tiered and not seg.remote and not seg.quarantined:
+                waiting = True
+                event("retention waits for an upload")
+                break
             del self.segments[0]
             total -= seg.size
             expected_removed += 1
-            event("retention removed a segment", "too big" if too_big else "too old")
+            self.trash += seg.remote
+            tier = "object" if seg.remote else "local"
+            event("retention removed a segment", f"{tier}, too {'big' if too_big else 'old'}")
 
         removed = self.j.call(lambda j: j.apply_retention(NAME))
         info = self.j.info()
         assert info.first_offset in bases, "first_offset must move to a segment boundary"
         assert info.first_offset <= bases[-1], "retention must never touch the active segment"
-        if cfg.retention_bytes is not None:
+        if cfg.retention_bytes is not None and not waiting:
             assert info.size_bytes <= cfg.retention_bytes or info.segment_count == 1
         assert (removed, info.first_offset) == (expected_removed, self.first_offset)
+
+    # -- rules: the object tier -------------------------------------------------------
+
+    @precondition(lambda self: self.tiered)
+    @rule(roll_first=st.booleans(), then_retention=st.booleans())
+    def migrate(self, roll_first: bool, then_retention: bool) -> None:
+        """One pass: every sealed local segment moves, in order, up to a quarantined one
+        (never uploaded); the trash is emptied. Reads must not notice (see the invariant
+        and the read rules).
+
+        A roll before and a retention pass after, each drawn, make both meet
+        the object tier far more often than the rules alone would.
+        """
+        if roll_first:
+            self.roll()
+        self._migrate()
+        if then_retention:
+            self._retention()
+
+    def _migrate(self) -> None:
+        due: list[MSegment] = []
+        for seg in self.segments[:-1]:
+            if seg.remote:
+                continue
+            if seg.quarantined:
+                event("migration stops at a quarantined segment")
+                break
+            due.append(seg)
+        moved = self.j.call(lambda j: j.migrate())
+        assert moved == len(due)
+        for seg in due:
+            seg.remote = True
+        self.trash = 0
+        stats = self.j.tiering()
+        assert (stats.upload_failures, stats.orphans_found) == (0, 0)
+        keys = [s.key.removesuffix(".log") for s in self.j.segments() if s.key is not None]
+        assert self._stored_objects() == {k + suffix for k in keys for suffix in SUFFIXES}
+        event("migrated segments", min(moved, 3))
 
     # -- rules: reading -------------------------------------------------------------
 
@@ -771,12 +902,12 @@ class JournalMachine(RuleBasedStateMachine):
     @precondition(
         lambda self: (
             self.config.retention_ms is None  # see the docstring
-            and any(not s.quarantined for s in self.segments[:-1])
+            and any(not (s.quarantined or s.remote) for s in self.segments[:-1])
         )
     )
     @rule(data=st.data(), closed=st.booleans())
     def bit_rot(self, data: st.DataObject, closed: bool) -> None:
-        """A byte under a batch's CRC goes bad in a sealed segment, while open or closed.
+        """A byte under a batch's CRC goes bad in a sealed local segment, while open or closed.
 
         ``verify()`` must find it, and from then on the segment is quarantined: reads
         stop before it and raise inside it, ``offset_for_time`` skips it, retention
@@ -784,7 +915,7 @@ class JournalMachine(RuleBasedStateMachine):
         quarantined segment still knows its newest timestamp depends on when it
         was quarantined, which the docs leave open.)
         """
-        sealed = [s for s in self.segments[:-1] if not s.quarantined]
+        sealed = [s for s in self.segments[:-1] if not (s.quarantined or s.remote)]
         seg = sealed[_pick(data, 0, len(sealed) - 1, "rotten segment")]
         i = _pick(data, 0, len(seg.batches) - 1, "rotten batch")
         at = sum(b.size for b in seg.batches[:i])
@@ -901,6 +1032,28 @@ class JournalMachine(RuleBasedStateMachine):
         assert got == (self.first_offset, self.committed, size, len(self.segments))
         assert stats.quarantined_segments == len(quarantined)
 
+    @invariant()
+    def tiers_match_model(self) -> None:
+        """Where each segment is: in the catalog, in the statistics and on disk."""
+        if self.host is None:
+            return
+        tiers = ["object" if s.remote else "local" for s in self.segments[:-1]] + ["memory"]
+        got = self.j.segments()
+        assert [(s.base_offset, s.tier) for s in got] == [
+            (s.base, tier) for s, tier in zip(self.segments, tiers, strict=True)
+        ]
+        assert [s.key is not None for s in got] == [s.remote for s in self.segments]
+        remote = [s for s in self.segments if s.remote]
+        stats = self.j.statistics()
+        assert (stats.object_segments, stats.object_bytes) == (
+            len(remote),
+            sum(s.size for s in remote),
+        )
+        assert stats.object_bytes + stats.local_bytes == stats.size_bytes
+        assert self._local_logs() == {s.base for s in self.segments if not s.remote}
+        if self.tiered:
+            assert self.j.tiering().trash_pending == self.trash
+
     def teardown(self) -> None:
         host, self.host = self.host, None
         try:
@@ -908,7 +1061,7 @@ class JournalMachine(RuleBasedStateMachine):
                 with contextlib.suppress(Exception):  # a failing rule already reported it
                     host.close(crash=True)
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 JournalMachine.TestCase.settings = settings(
@@ -949,3 +1102,33 @@ async def test_a_list_that_fits_max_batch_bytes_is_one_batch(tmp_path: Path) -> 
         await j.create_stream(NAME, StreamConfig(max_batch_bytes=1024))
         await j.append(NAME, records)
         assert [len(b) for b in await j.read_batches(NAME, 0)] == [size]
+
+
+# -- bugs of the memory window the machine found ----------------------------------
+
+
+async def test_read_batches_at_the_end_returns_nothing_from_the_memory_window(
+    tmp_path: Path,
+) -> None:
+    async with Journal.open(tmp_path, fsync="always") as j:
+        await j.create_stream(NAME, StreamConfig())  # the default memory window
+        await j.append(NAME, [Record(value=b"a")])
+        assert await j.read_batches(NAME, 1) == []
+
+
+async def test_a_quarantined_segment_is_not_served_from_the_memory_window(
+    tmp_path: Path,
+) -> None:
+    async with Journal.open(tmp_path, fsync="always") as j:
+        await j.create_stream(NAME, StreamConfig())  # the default memory window
+        await j.append(NAME, [Record(value=b"abc", timestamp=T0)])
+        await j.roll(NAME)
+        await j.append(NAME, [Record(value=b"d", timestamp=T0)])
+        (directory,) = (tmp_path / "streams").iterdir()
+        path = directory / MSegment(0).name
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 1  # the value's last byte, under the CRC
+        path.write_bytes(data)
+        assert [p.segment for p in await j.verify(NAME)] == [path.name]
+        with pytest.raises(CorruptSegmentError):
+            await j.read(NAME, 0)

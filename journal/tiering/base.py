@@ -19,9 +19,16 @@ from typing import ClassVar, Literal
 
 import trio
 
-__all__ = ["Tier", "TierKind"]
+__all__ = ["Tier", "TierKind", "check_key"]
 
 TierKind = Literal["memory", "local", "object"]
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape a tier's namespace; every tier calls this."""
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"invalid key {key!r}")
+    return key
 
 
 class Tier(ABC):

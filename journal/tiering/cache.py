@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from journal.errors import ObjectStoreError
-from journal.tiering.base import Tier
+from journal.tiering.base import Tier, check_key
 
 __all__ = ["CacheStatistics", "CachedTier"]
 
@@ -32,6 +32,7 @@ DEFAULT_BLOCK = 1 << 20
 class CacheStatistics:
     hits: int
     misses: int
+    prefetch_started: int
     prefetched: int
     bytes_fetched: int
     cached_bytes: int
@@ -55,7 +56,9 @@ class CachedTier(Tier):
         self._fetching: dict[tuple[str, int], trio.Event] = {}
         self._last_block: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
-        self.hits = self.misses = self.prefetched = self.bytes_fetched = 0
+        self._sizing: dict[str, trio.Event] = {}
+        self.hits = self.misses = self.prefetch_started = self.prefetched = 0
+        self.bytes_fetched = 0
 
     def start_prefetching(self, nursery: trio.Nursery) -> None:
         """Prefetch in ``nursery`` from now on (without one, reads only fetch what they need)."""
@@ -64,10 +67,12 @@ class CachedTier(Tier):
     def statistics(self) -> CacheStatistics:
         used = getattr(self.cache, "used_bytes", 0)
         return CacheStatistics(
-            self.hits, self.misses, self.prefetched, self.bytes_fetched, int(used)
-        )
+            self.hits, self.misses, self.prefetch_started, self.prefetched,
+            self.bytes_fetched, int(used),
+        )  # fmt: skip
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes | None:
+        check_key(key)
         if end is None:
             size = await self.size(key)
             if size is None:
@@ -75,83 +80,103 @@ class CachedTier(Tier):
             end = size
         if end <= start:
             return b"" if await self.size(key) is not None else None
-        first, last = start // self.block_size, (end - 1) // self.block_size
+        bs = self.block_size
+        first, last = start // bs, (end - 1) // bs
         parts: list[bytes] = []
         for n in range(first, last + 1):
-            block = await self._block(key, n)
-            if block is None:
+            lo, hi = max(start - n * bs, 0), min(end - n * bs, bs)
+            part = await self._block(key, n, lo, hi)
+            if part is None:
                 return None
-            parts.append(block)
-            if len(block) < self.block_size:
+            parts.append(part)
+            if len(part) < hi - lo:
                 break  # the object ends here
-        self._after_read(key, last)
-        data = b"".join(parts)
-        base = first * self.block_size
-        return data[start - base : end - base]
+        self._after_read(key, first, last)
+        return b"".join(parts)
 
-    async def _block(self, key: str, n: int, *, prefetching: bool = False) -> bytes | None:
+    async def _block(
+        self, key: str, n: int, lo: int, hi: int, *, prefetching: bool = False
+    ) -> bytes | None:
+        """Bytes ``lo:hi`` of block ``n``: from the cache, else fetch the whole block once."""
         ckey = f"{key}#{n}"
         while True:
-            block = await self.cache.get(ckey)
-            if block is not None:
+            part = await self.cache.get(ckey, lo, hi)
+            if part is not None:
                 if not prefetching:
                     self.hits += 1
-                return block
+                return part
             pending = self._fetching.get((key, n))
             if pending is None:
                 break
-            await pending.wait()
-            if (key, n) not in self._fetching and await self.cache.get(ckey) is None:
-                break  # the shared fetch failed or was not cached: fetch ourselves
+            await pending.wait()  # then look in the cache again
         done = self._fetching[(key, n)] = trio.Event()
         try:
             if not prefetching:
                 self.misses += 1
             start = n * self.block_size
             block = await self.inner.get(key, start, start + self.block_size)
-            if block is not None:
-                self.bytes_fetched += len(block)
-                if len(block) < self.block_size:
-                    self._sizes[key] = start + len(block)  # the object ends in this block
-                if block:
-                    await self.cache.put(ckey, block)
-            return block
+            if block is None:
+                return None
+            self.bytes_fetched += len(block)
+            if len(block) < self.block_size:
+                self._sizes[key] = start + len(block)  # the object ends in this block
+            if block:
+                await self.cache.put(ckey, block)
+            return block[lo:hi]
         finally:
             del self._fetching[(key, n)]
             done.set()
 
-    def _after_read(self, key: str, last: int) -> None:
-        """Prefetch ahead when ``key`` is being read in order."""
+    def _after_read(self, key: str, first: int, last: int) -> None:
+        """Prefetch ahead when a read of ``key`` moves on past the block read before."""
         previous = self._last_block.get(key)
         self._last_block[key] = last
-        if self._nursery is None or previous is None or not previous <= last <= previous + 1:
+        if self._nursery is None or previous is None:
             return
+        if not (previous < last and first <= previous + 1):
+            return  # a re-read of the same block, or a jump: not a sequential scan
         for n in range(last + 1, last + 1 + self.prefetch):
             if (key, n) not in self._fetching:
+                self.prefetch_started += 1
                 self._nursery.start_soon(self._prefetch, key, n)
 
     async def _prefetch(self, key: str, n: int) -> None:
         try:
             size = await self.size(key)
             if size is not None and n * self.block_size < size:
-                await self._block(key, n, prefetching=True)
+                await self._block(key, n, 0, 0, prefetching=True)
                 self.prefetched += 1
         except ObjectStoreError:
             pass  # a prefetch is a guess; the real read reports the failure
 
     async def put(self, key: str, data: bytes) -> None:
         await self.inner.put(key, data)
+        await self.forget(key)
 
     async def put_file(self, key: str, path: Path) -> None:
         await self.inner.put_file(key, path)
+        await self.forget(key)
 
     async def size(self, key: str) -> int | None:
-        size = self._sizes.get(key)
-        if size is None:
+        """The object's size, asked of ``inner`` once however many readers want it."""
+        while key not in self._sizes:
+            pending = self._sizing.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+            if key not in self._sizes:
+                break  # missing, or the shared question failed: ask ourselves
+        if key in self._sizes:
+            return self._sizes[key]
+        done = self._sizing[key] = trio.Event()
+        try:
             size = await self.inner.size(key)
             if size is not None:
                 self._sizes[key] = size
-        return size
+            return size
+        finally:
+            del self._sizing[key]
+            done.set()
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)

@@ -12,15 +12,17 @@ sees half an object. File I/O runs in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import uuid
 from collections import OrderedDict
 from pathlib import Path
 
 import trio
 
-from journal.tiering.base import Tier
+from journal.tiering.base import Tier, check_key
 
 __all__ = ["LocalTier"]
 
@@ -37,9 +39,7 @@ class LocalTier(Tier):
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes | None:
         path = self._path(key)
@@ -64,14 +64,16 @@ class LocalTier(Tier):
         path = self._path(key)
         await trio.lowlevel.checkpoint()
         try:
-            return path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None  # a prefix is not an object
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await trio.lowlevel.checkpoint()
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(IsADirectoryError):  # a key prefix: nothing to delete
+            path.unlink(missing_ok=True)
         self.used_bytes -= self._sizes.pop(key, 0)
 
     async def keys(self, prefix: str = "") -> list[str]:
@@ -86,10 +88,13 @@ class LocalTier(Tier):
 def _read_range(path: Path, start: int, end: int | None) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         return None
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a key prefix (directory) is not an object
+        size = st.st_size
         stop = size if end is None else min(end, size)
         return os.pread(fd, max(0, stop - start), start) if stop > start else b""
     finally:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import trio
 
-from journal.tiering.base import Tier
+from journal.tiering.base import Tier, check_key
 
 __all__ = ["MemoryTier", "RecentBatches"]
 
@@ -31,6 +31,7 @@ class MemoryTier(Tier):
         self._objects: OrderedDict[str, bytes] = OrderedDict()
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes | None:
+        check_key(key)
         await trio.lowlevel.checkpoint()
         data = self._objects.get(key)
         if data is None:
@@ -39,6 +40,7 @@ class MemoryTier(Tier):
         return data[start:end]
 
     async def put(self, key: str, data: bytes) -> None:
+        check_key(key)
         await trio.lowlevel.checkpoint()
         old = self._objects.pop(key, None)
         if old is not None:
@@ -52,11 +54,13 @@ class MemoryTier(Tier):
             self.used_bytes -= len(evicted)
 
     async def size(self, key: str) -> int | None:
+        check_key(key)
         await trio.lowlevel.checkpoint()
         data = self._objects.get(key)
         return None if data is None else len(data)
 
     async def delete(self, key: str) -> None:
+        check_key(key)
         await trio.lowlevel.checkpoint()
         data = self._objects.pop(key, None)
         if data is not None:
@@ -117,6 +121,8 @@ class RecentBatches:
         first = self.first_offset
         if first is None or offset < first:
             return None
+        if offset >= limit:
+            return []
         i = bisect_right(self._bases, offset, lo=self._start) - 1
         out: list[bytes] = []
         budget = max_bytes

@@ -39,7 +39,7 @@ import crc32c
 import trio
 
 from journal.catalog import Catalog, SealedSegment
-from journal.errors import ObjectStoreError, StorageError
+from journal.errors import ObjectStoreError, ObjectStoreTimeoutError, StorageError
 from journal.segments.segment import Segment, segment_name
 from journal.stream import Stream
 from journal.tiering.base import Tier
@@ -51,6 +51,7 @@ __all__ = ["Migrator"]
 log = logging.getLogger("journal.tiering")
 
 _VERIFY_CHUNK = 8 << 20
+SWEEP_INTERVAL = 3600.0
 _KEY = re.compile(r"^[^/]+/\d{20}-[0-9a-f]{12}$")  # <stream dir>/<base>-<unique>
 
 
@@ -68,6 +69,7 @@ class Migrator:
         concurrency: int,
         backoff: tuple[float, float],
         clock: Callable[[], int],
+        grace: float,
     ) -> None:
         self._catalog = catalog
         self.store = store
@@ -82,6 +84,9 @@ class Migrator:
         self._retry_at: dict[int, float] = {}  # stream id -> trio time of its next try
         self._delay: dict[int, float] = {}
         self._swept = False
+        self._grace = grace
+        self._hold_until: dict[str, float] = {}  # trashed keys an abandoned call may still write
+        self._last_sweep = -float("inf")
         self.uploads = self.bytes_uploaded = self.failures = 0
         self.objects_deleted = self.orphans_found = 0
         self.last_error: str | None = None
@@ -98,13 +103,22 @@ class Migrator:
             self._wake = trio.Event()
             await self.run_pass(respect_backoff=True)
 
-    async def run_pass(self, *, respect_backoff: bool = False) -> int:
-        """Migrate what is due, then empty the trash; returns segments moved."""
+    async def run_pass(self, *, respect_backoff: bool = False, only: Stream | None = None) -> int:
+        """Migrate what is due (of one stream, or all), then empty the trash.
+
+        Returns the segments moved. The orphan sweep runs on the first pass,
+        again once the store works after a failure (a call abandoned at its
+        timeout may still land an object after its key was trashed and
+        deleted), and at least every ``SWEEP_INTERVAL`` seconds.
+        """
         async with self._lock:
-            if not self._swept:
+            if not self._swept or trio.current_time() - self._last_sweep > SWEEP_INTERVAL:
                 await self._guard(self._sweep_orphans)
-            moved = await self._migrate_all(respect_backoff)
+            failures = self.failures
+            moved = await self._migrate_all(respect_backoff, only)
             await self._guard(self._empty_trash)
+            if self.failures != failures:
+                self._swept = False
             return moved
 
     async def _guard(self, step: Callable[[], Awaitable[None]]) -> None:
@@ -120,11 +134,11 @@ class Migrator:
 
     # -- migrating ------------------------------------------------------------------
 
-    async def _migrate_all(self, respect_backoff: bool) -> int:
+    async def _migrate_all(self, respect_backoff: bool, only: Stream | None) -> int:
         now_ms = self._clock()
         moved = [0]
         async with trio.open_nursery() as nursery:
-            for stream in self._streams():
+            for stream in self._streams() if only is None else [only]:
                 if respect_backoff and self._retry_at.get(stream.id, 0.0) > trio.current_time():
                     continue
                 segments = stream.migration_candidates(now_ms)
@@ -162,6 +176,7 @@ class Migrator:
         key += uuid.uuid4().hex[:12]
         self._catalog.begin_upload(stream.id, seg.base_offset, key)
         committed = False
+        abandoned_call = False
         try:
             with seg.pinned():
                 crc = await trio.to_thread.run_sync(_file_crc32c, seg.path, seg.size)
@@ -184,9 +199,14 @@ class Migrator:
             remote.index = seg.index  # already at hand: no need to fetch it back
             remote._index_loaded = True
             stream.replace_segment(seg, remote)
+        except (ObjectStoreTimeoutError, trio.Cancelled):
+            abandoned_call = True
+            raise
         finally:
             if not committed:
                 self._catalog.abandon_upload(stream.id, seg.base_offset, key)
+                if abandoned_call:
+                    self._hold_until[key] = trio.current_time() + self._grace
         self.uploads += 1
         self.bytes_uploaded += seg.size
         log.info("tiering: moved %s/%s to %s", stream.name, seg.name, key)
@@ -216,9 +236,16 @@ class Migrator:
     # -- deleting -------------------------------------------------------------------
 
     async def _empty_trash(self) -> None:
+        """Delete trashed objects. A key whose upload was abandoned mid-call stays in the
+        trash for a grace period and is deleted again on each pass, in case the
+        abandoned request lands late (after a restart no such request is left)."""
+        now = trio.current_time()
         for key in self._catalog.trashed():
             for suffix in SUFFIXES:
                 await self.reader.delete(key + suffix)
+            if self._hold_until.get(key, now) > now:
+                continue
+            self._hold_until.pop(key, None)
             self._catalog.untrash(key)
             self.objects_deleted += 1
 
@@ -234,6 +261,7 @@ class Migrator:
             self._catalog.trash(stem)
             self.orphans_found += 1
         self._swept = True
+        self._last_sweep = trio.current_time()
 
 
 def _file_crc32c(path: Path, size: int) -> int:

@@ -3,9 +3,11 @@
 fsspec's filesystems are blocking (s3fs runs its own asyncio loop in a thread
 and blocks the caller), so every call goes to a trio worker thread, at most
 ``concurrency`` at a time, under ``trio.fail_after(timeout)``. A call that
-times out is abandoned (its thread finishes on its own) and, like any other
-failure of the store, raises :class:`~journal.errors.ObjectStoreError`; a
-missing object is ``None``, as the tier contract says.
+times out is abandoned (its thread finishes on its own) and raises
+:class:`~journal.errors.ObjectStoreTimeoutError`: its request may still reach
+the store later. Any other failure raises
+:class:`~journal.errors.ObjectStoreError`; a missing object is ``None``, as
+the tier contract says.
 
 For S3, botocore's own connect/read timeouts and retries are set from
 ``timeout`` unless ``options`` gives ``config_kwargs``, so abandoned threads do
@@ -24,8 +26,8 @@ from typing import Any, TypeVar
 import fsspec
 import trio
 
-from journal.errors import ObjectStoreError
-from journal.tiering.base import Tier
+from journal.errors import ObjectStoreError, ObjectStoreTimeoutError
+from journal.tiering.base import Tier, check_key
 
 __all__ = ["ObjectTier"]
 
@@ -62,6 +64,8 @@ class ObjectTier(Tier):
             self.fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
         except (ImportError, ValueError, TypeError) as exc:
             raise ObjectStoreError(f"cannot use object store {url!r}: {exc}") from exc
+        if protocol in ("s3", "s3a"):
+            self.fs.retries = 1  # s3fs's own retries (5) would outlive our timeout
         self.url = url
         self.root = root.rstrip("/")
         self.timeout = timeout
@@ -70,9 +74,7 @@ class ObjectTier(Tier):
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> str:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid key {key!r}")
-        return f"{self.root}/{key}"
+        return f"{self.root}/{check_key(key)}"
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run a blocking fsspec call in a worker thread, bounded in count and time."""
@@ -82,10 +84,10 @@ class ObjectTier(Tier):
                     fn, limiter=self._limiter, abandon_on_cancel=True
                 )
         except trio.TooSlowError:
-            raise ObjectStoreError(
+            raise ObjectStoreTimeoutError(
                 f"object store timed out after {self.timeout:g} s ({what} in {self.url})"
             ) from None
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             raise
         except Exception as exc:  # fsspec backends raise anything from OSError to botocore's
             raise ObjectStoreError(f"object store failed ({what} in {self.url}): {exc}") from exc
@@ -98,8 +100,15 @@ class ObjectTier(Tier):
             data = await self._call(
                 f"get {key}", partial(self.fs.cat_file, path, start=start, end=end)
             )
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return None
+        except ObjectStoreError:
+            # S3 answers a range at or past the end (or any range of an empty
+            # object) with 416; the contract says: fewer bytes, here none.
+            size = await self.size(key)
+            if size is not None and start >= size:
+                return b""
+            raise
         return bytes(data)
 
     async def put(self, key: str, data: bytes) -> None:
@@ -116,9 +125,10 @@ class ObjectTier(Tier):
         def info() -> int | None:
             self.fs.invalidate_cache(path)
             try:
-                return int(self.fs.info(path)["size"])
+                info = self.fs.info(path)
             except FileNotFoundError:
                 return None
+            return int(info["size"]) if info.get("type") == "file" else None
 
         return await self._call(f"stat {key}", info)
 
@@ -126,7 +136,7 @@ class ObjectTier(Tier):
         path = self._path(key)
 
         def remove() -> None:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 self.fs.rm_file(path)
 
         await self._call(f"delete {key}", remove)

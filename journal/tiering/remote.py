@@ -13,6 +13,8 @@ Object layout: a segment uploaded under key stem ``K`` is three objects,
 
 from __future__ import annotations
 
+import trio
+
 from journal.catalog import SealedSegment
 from journal.errors import ObjectStoreError
 from journal.segments.index import SparseIndex
@@ -66,8 +68,15 @@ class RemoteSegment:
         """
         if self._index_loaded:
             return
-        offsets = await self._get(".index") or b""
-        times = await self._get(".timeindex") or b""
+        found: dict[str, bytes] = {}
+
+        async def fetch(suffix: str) -> None:
+            found[suffix] = await self._get(suffix) or b""
+
+        async with trio.open_nursery() as nursery:  # both at once: one round trip, not two
+            nursery.start_soon(fetch, ".index")
+            nursery.start_soon(fetch, ".timeindex")
+        offsets, times = found[".index"], found[".timeindex"]
         max_ts = self.index.max_timestamp
         index = SparseIndex.from_files(
             self.base_offset, self.index.interval, offsets, times, limit=self.size

@@ -1,4 +1,4 @@
-"""Command line of the benchmarks: ``python -m tools.bench journal [--quick] ...``.
+"""Command line of the benchmarks: ``python -m tools.bench journal|tiering [--quick] ...``.
 
 Also installed as the ``strata-bench`` script.
 """
@@ -82,6 +82,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsync interval of the 'interval' policy and its raw reference (default 5)",
     )
     jp.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+    tp = sub.add_parser(
+        "tiering",
+        help="migration to the object tier, cold reads from it and hot tail reads, "
+        "against plain copies and local reads (starts its own moto S3 server)",
+        description="Tiering benchmark; see the docstring of tools/bench/tiering.py.",
+    )
+    tp.add_argument(
+        "--quick", action="store_true", help="a demo run of a few seconds (4 x 4 MiB segments)"
+    )
+    tp.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="write under this directory (in a fresh subdirectory, removed afterwards); "
+        "default: a temporary directory under the current directory",
+    )
+    tp.add_argument(
+        "--segment-mib",
+        type=_positive_int,
+        default=None,
+        help="segment size in MiB (default 16, or 4 with --quick)",
+    )
+    tp.add_argument(
+        "--segments",
+        type=_positive_int,
+        default=None,
+        help="sealed segments migrated per object tier (default 8, or 4 with --quick)",
+    )
+    tp.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
 
 
@@ -97,6 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_mib=args.max_mib,
             concurrency=args.concurrency,
             fsync_interval_ms=args.fsync_interval_ms,
+            json_path=args.json,
+        )
+    if args.command == "tiering":
+        from tools.bench import tiering
+
+        return tiering.main(
+            quick=args.quick,
+            directory=args.dir,
+            segment_mib=args.segment_mib,
+            segments=args.segments,
             json_path=args.json,
         )
     raise AssertionError(args.command)  # argparse refuses unknown subcommands
