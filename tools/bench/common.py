@@ -8,7 +8,7 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["MIB", "machine_info", "mib_per_s", "percentile"]
+__all__ = ["MIB", "fmt", "machine_info", "mib_per_s", "percentile", "settle", "table"]
 
 MIB = 1 << 20
 
@@ -75,3 +75,47 @@ def machine_info(directory: Path) -> dict[str, str | int]:
         "kernel": f"{platform.system()} {platform.release()}",
         "filesystem": _filesystem(directory),
     }
+
+
+def settle(directory: Path, prime_bytes: int = 0) -> None:
+    """Get the machine to a steady state before a case (never inside a timed region).
+
+    ``os.sync()`` flushes every dirty page, so a case does not pay for the
+    writeback of the one before it. Then ``prime_bytes`` of page cache are
+    touched and freed (a scratch file written and deleted, no fsync): on a
+    virtual machine that hands freed guest memory back to its host, the first
+    touch of that memory costs about ten times a warm one, which would
+    otherwise make whichever case comes first after an idle moment look slow.
+    """
+    os.sync()
+    if prime_bytes <= 0:
+        return
+    path = directory / "prime.tmp"
+    chunk = bytes(MIB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        for _ in range(-(-prime_bytes // MIB)):
+            os.write(fd, chunk)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Text table lines: columns are (title, width), a negative width aligns left."""
+
+    def line(cells: Sequence[str]) -> str:
+        return (
+            "  "
+            + " ".join(
+                f"{cell:<{-w}}" if w < 0 else f"{cell:>{w}}"
+                for cell, (_, w) in zip(cells, columns, strict=True)
+            ).rstrip()
+        )
+
+    header = line([title for title, _ in columns])
+    return [header, "  " + "-" * (len(header) - 2), *(line(row) for row in rows)]
+
+
+def fmt(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, spec)

@@ -106,7 +106,7 @@ import trio
 
 from journal import FsyncPolicy, Journal, Record, StreamConfig
 from journal.segments.batch import encode_batch
-from tools.bench.common import MIB, machine_info, mib_per_s, percentile
+from tools.bench.common import MIB, fmt, machine_info, mib_per_s, percentile, settle, table
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
 
@@ -401,30 +401,6 @@ def measure_raw(
         percentile(ops, 0.5) * 1000,
         percentile(ops, 0.99) * 1000,
     )
-
-
-def settle(directory: Path, prime_bytes: int = 0) -> None:
-    """Get the machine to a steady state before a case (never inside a timed region).
-
-    ``os.sync()`` flushes every dirty page, so a case does not pay for the
-    writeback of the one before it. Then ``prime_bytes`` of page cache are
-    touched and freed (a scratch file written and deleted, no fsync): on a
-    virtual machine that hands freed guest memory back to its host, the first
-    touch of that memory costs about ten times a warm one, which would
-    otherwise make whichever case comes first after an idle moment look slow.
-    """
-    os.sync()
-    if prime_bytes <= 0:
-        return
-    path = directory / "prime.tmp"
-    chunk = bytes(MIB)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        for _ in range(-(-prime_bytes // MIB)):
-            os.write(fd, chunk)
-    finally:
-        os.close(fd)
-        path.unlink()
 
 
 # -- 2. append throughput -----------------------------------------------------------
@@ -758,26 +734,6 @@ def evaluate_targets(report: Report, cfg: BenchConfig) -> list[TargetRow]:
     return out
 
 
-def _table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Text table lines: columns are (title, width), a negative width aligns left."""
-
-    def line(cells: Sequence[str]) -> str:
-        return (
-            "  "
-            + " ".join(
-                f"{cell:<{-w}}" if w < 0 else f"{cell:>{w}}"
-                for cell, (_, w) in zip(cells, columns, strict=True)
-            ).rstrip()
-        )
-
-    header = line([title for title, _ in columns])
-    return [header, "  " + "-" * (len(header) - 2), *(line(row) for row in rows)]
-
-
-def _fmt(value: float, spec: str) -> str:
-    return "-" if math.isnan(value) else format(value, spec)
-
-
 def format_report(report: Report) -> str:
     m, s = report.machine, report.settings
     lines = [
@@ -796,44 +752,44 @@ def format_report(report: Report) -> str:
         "policy (op = one write, plus its fsync if one followed)",
     ]
     order = {p: i for i, p in enumerate(POLICIES)}
-    lines += _table(
+    lines += table(
         [("batch", -12), ("fsync", -8), ("bytes", 10), ("MiB/s", 9), ("writes", 8),
          ("fsyncs", 7), ("op p50 ms", 10), ("op p99 ms", 10)],
         [
-            [raw.shape, raw.cadence, f"{raw.batch_bytes:,}", _fmt(raw.mib_s, ",.1f"),
-             f"{raw.writes:,}", f"{raw.fsyncs:,}", _fmt(raw.op_p50_ms, ".3f"),
-             _fmt(raw.op_p99_ms, ".3f")]
+            [raw.shape, raw.cadence, f"{raw.batch_bytes:,}", fmt(raw.mib_s, ",.1f"),
+             f"{raw.writes:,}", f"{raw.fsyncs:,}", fmt(raw.op_p50_ms, ".3f"),
+             fmt(raw.op_p99_ms, ".3f")]
             for raw in sorted(report.raw, key=lambda r: (r.batch_bytes, order[r.cadence]))
         ],
     )  # fmt: skip
 
     lines += ["", "2. Append throughput (acknowledged)"]
-    lines += _table(
+    lines += table(
         [("api", -12), ("fsync", -8), ("C", 2), ("batch", -12), ("MiB/s", 9),
          ("records/s", 12), ("raw MiB/s", 10), ("ratio", 6), ("p50 ms", 8), ("p99 ms", 8),
          ("appends", 8), ("fsyncs", 7), ("note", -4)],
         [
-            [r.api, r.policy, str(r.concurrency), r.shape, _fmt(r.mib_s, ",.1f"),
-             _fmt(r.records_s, ",.0f"), _fmt(r.raw_mib_s, ",.1f"), _fmt(r.ratio, ".2f"),
-             _fmt(r.latency_p50_ms, ".3f"), _fmt(r.latency_p99_ms, ".3f"),
+            [r.api, r.policy, str(r.concurrency), r.shape, fmt(r.mib_s, ",.1f"),
+             fmt(r.records_s, ",.0f"), fmt(r.raw_mib_s, ",.1f"), fmt(r.ratio, ".2f"),
+             fmt(r.latency_p50_ms, ".3f"), fmt(r.latency_p99_ms, ".3f"),
              f"{r.appends:,}", f"{r.fsyncs:,}", r.note]
             for r in report.appends
         ],
     )  # fmt: skip
 
     lines += ["", "3. Read throughput (page-cache data of the fsync=none append_batch C=1 cases)"]
-    lines += _table(
+    lines += table(
         [("api", -12), ("batch", -12), ("MiB/s", 9), ("records/s", 12), ("calls", 8),
          ("passes", 7)],
         [
-            [rr.api, rr.shape, _fmt(rr.mib_s, ",.1f"), _fmt(rr.records_s, ",.0f"),
+            [rr.api, rr.shape, fmt(rr.mib_s, ",.1f"), fmt(rr.records_s, ",.0f"),
              f"{rr.calls:,}", f"{rr.passes:.2f}"]
             for rr in report.reads
         ],
     )  # fmt: skip
 
     lines += ["", "4. Tail wake latency: sequential single 100 B appends, one tail reader (ms)"]
-    lines += _table(
+    lines += table(
         [("fsync", -8), ("samples", 8), ("wake p50", 9), ("wake p99", 9), ("wake max", 9),
          ("ack->wake p50", 14), ("ack->wake p99", 14), ("append p50", 11),
          ("append p99", 11), ("", -1)],

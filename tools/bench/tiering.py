@@ -107,8 +107,7 @@ import trio
 from journal import Journal, Record, StreamConfig, TieringStatistics
 from journal.segments.batch import encode_batch
 from journal.tiering.cache import DEFAULT_BLOCK
-from tools.bench.common import MIB, machine_info, mib_per_s, percentile
-from tools.bench.journal import _fmt, _table, settle
+from tools.bench.common import MIB, fmt, machine_info, mib_per_s, percentile, settle, table
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
 
@@ -839,15 +838,15 @@ def format_report(report: Report) -> str:
         "1. Migration: one migrate() of every sealed segment (upload, read-back check, "
         "catalog commit) vs a plain copy of the same files",
     ]
-    lines += _table(
+    lines += table(
         [("tier", -5), ("segments", 8), ("MiB", 6), ("migrate s", 9), ("MiB/s", 8),
          ("reference", -16), ("MiB/s", 8), ("ratio", 6), ("+ read-back MiB/s", 17),
          ("ratio", 6)],
         [
             [r.tier, str(r.segments), f"{r.bytes / MIB:.0f}", f"{r.seconds:.3f}",
-             _fmt(r.mib_s, ",.1f"), r.reference, _fmt(r.ref_mib_s, ",.1f"),
-             _fmt(r.ratio, ".2f"), _fmt(r.ref_readback_mib_s, ",.1f"),
-             _fmt(r.ratio_readback, ".2f")]
+             fmt(r.mib_s, ",.1f"), r.reference, fmt(r.ref_mib_s, ",.1f"),
+             fmt(r.ratio, ".2f"), fmt(r.ref_readback_mib_s, ",.1f"),
+             fmt(r.ratio_readback, ".2f")]
             for r in report.migrations
         ],
     )  # fmt: skip
@@ -857,12 +856,12 @@ def format_report(report: Report) -> str:
         "2a. Sequential read_batches (1 MiB per call) over the sealed segments; "
         "ratio = MiB/s / local page cache",
     ]
-    lines += _table(
+    lines += table(
         [("tier", -5), ("source", -18), ("MiB", 6), ("calls", 6), ("seconds", 8),
          ("MiB/s", 9), ("ratio", 6), ("runs", 5), ("all MiB/s", -24)],
         [
             [r.tier, r.source, f"{r.bytes / MIB:.0f}", str(r.calls), f"{r.seconds:.3f}",
-             _fmt(r.mib_s, ",.1f"), _fmt(r.ratio, ".3f"), str(r.passes),
+             fmt(r.mib_s, ",.1f"), fmt(r.ratio, ".3f"), str(r.passes),
              " ".join(f"{x:.0f}" for x in r.all_mib_s[:6])]
             for r in report.reads
         ],
@@ -873,12 +872,12 @@ def format_report(report: Report) -> str:
         "2b. First-byte latency: read(offset, 1 batch) at random offsets, each in an uncached "
         "1 MiB block; ratio = p50 / local page cache p50",
     ]
-    lines += _table(
+    lines += table(
         [("tier", -5), ("source", -26), ("samples", 7), ("p50 ms", 8), ("p99 ms", 8),
          ("max ms", 8), ("ratio", 7), ("KiB fetched/read", 16), ("", -1)],
         [
-            [r.tier, r.source, str(r.samples), _fmt(r.p50_ms, ".3f"), _fmt(r.p99_ms, ".3f"),
-             _fmt(r.max_ms, ".3f"), _fmt(r.ratio, ",.1f"), _fmt(r.fetched_kib, ",.0f"),
+            [r.tier, r.source, str(r.samples), fmt(r.p50_ms, ".3f"), fmt(r.p99_ms, ".3f"),
+             fmt(r.max_ms, ".3f"), fmt(r.ratio, ",.1f"), fmt(r.fetched_kib, ",.0f"),
              r.note]
             for r in report.latencies
         ],
@@ -889,13 +888,13 @@ def format_report(report: Report) -> str:
         f"3. Hot tail reads over the newest {HOT_WINDOW_BYTES // MIB} MiB, one batch per read "
         "(tail: the iterator); ratio = memory / segment records/s",
     ]
-    lines += _table(
+    lines += table(
         [("api", -12), ("served from", -11), ("reads", 8), ("records/s", 11),
          ("MiB/s", 8), ("p50 us", 7), ("p99 us", 7), ("ratio", 6)],
         [
-            [r.api, r.served_from, f"{r.reads:,}", _fmt(r.records_s, ",.0f"),
-             _fmt(r.mib_s, ",.1f"), _fmt(r.p50_us, ".1f"), _fmt(r.p99_us, ".1f"),
-             _fmt(r.ratio, ".2f")]
+            [r.api, r.served_from, f"{r.reads:,}", fmt(r.records_s, ",.0f"),
+             fmt(r.mib_s, ",.1f"), fmt(r.p50_us, ".1f"), fmt(r.p99_us, ".1f"),
+             fmt(r.ratio, ".2f")]
             for r in report.hot
         ],
     )  # fmt: skip
