@@ -54,11 +54,11 @@ the object tier) and its twin ``local`` (never migrated); both have
    First-byte latency: after another fresh open, ``read(cold, offset, 1)``
    (one batch) of random offsets, each in a 1 MiB block of the read cache
    that no earlier sample touched and at least 3 blocks from any other (the
-   cache prefetches 2 blocks ahead, so no sample is served by a prefetch), in
-   a shuffled order (seeded). After each sample the benchmark waits, polling
-   ``statistics().tiering.cache_prefetched`` with a deadline, until the
-   prefetches that read started are done, so samples do not queue behind each
-   other's background fetches; "KiB fetched/read" counts those prefetched
+   cache prefetches 2 blocks ahead on sequential reads, so no sample could be
+   served by one), in a shuffled order (seeded). After each sample the
+   benchmark waits, polling ``statistics().tiering`` with a deadline, until
+   every prefetch started is done (a point read starts none), so samples do
+   not queue behind background fetches; "KiB fetched/read" counts prefetched
    bytes too. The first sample in a segment also fetches the segment's sparse
    index (two HEADs and two GETs), so those are reported apart. "store, one
    ranged GET" is the latency of each 1 MiB read of the "store, ranged GETs"
@@ -118,7 +118,6 @@ RECORDS_PER_BATCH = 16
 READ_MAX_BYTES = 1 << 20
 BLOCK = DEFAULT_BLOCK  # the read cache's block: one ranged GET each
 SAMPLE_STRIDE = 3  # blocks between latency samples: beyond each other's prefetch
-PREFETCH_BLOCKS = 2  # what the journal's read cache prefetches (CachedTier's default)
 SAMPLE_MARGIN = 256 << 10  # a sample's batch ends this far before its block does
 HOT_WINDOW_BYTES = 2 * MIB
 MAX_OPS = 1_000_000  # hard bound on reads per case, whatever the time budget
@@ -502,14 +501,13 @@ class Sample:
     offset: int
     segment: int
     new_segment: bool  # the first sample read in its segment: includes the index fetch
-    prefetches: int  # blocks the read cache will prefetch after this read
 
 
 def latency_samples(
     segments: Sequence[tuple[int, int]], batch_bytes: int, rng: random.Random
 ) -> list[Sample]:
     """Offsets to read, each alone in its own cache block; ``segments`` = (base, size)."""
-    picks: list[tuple[int, int, int]] = []
+    picks: list[tuple[int, int]] = []
     for i, (base, size) in enumerate(segments):
         blocks = -(-size // BLOCK)
         for block in range(0, blocks, SAMPLE_STRIDE):
@@ -521,13 +519,12 @@ def latency_samples(
                 continue
             k = rng.randint(first, last)
             offset = base + k * RECORDS_PER_BATCH + rng.randrange(RECORDS_PER_BATCH)
-            ahead = sum(1 for b in range(block + 1, block + 1 + PREFETCH_BLOCKS) if b < blocks)
-            picks.append((i, offset, ahead))
+            picks.append((i, offset))
     rng.shuffle(picks)
     seen: set[int] = set()
     out = []
-    for i, offset, ahead in picks:
-        out.append(Sample(offset, i, i not in seen, ahead))
+    for i, offset in picks:
+        out.append(Sample(offset, i, i not in seen))
         seen.add(i)
     return out
 
@@ -544,9 +541,9 @@ async def time_reads(
 ) -> Timed:
     """Seconds of ``read(name, offset, 1)`` per sample (each returns the record asked for).
 
-    With ``cold``, after each read, wait (polling, with a deadline) until the
-    read cache's prefetches it started are done, so that samples do not queue
-    behind each other's background fetches.
+    With ``cold``, after each read, wait (polling, with a deadline) until every
+    prefetch the read cache started is done, so that samples do not queue
+    behind each other's background fetches (a point read starts none).
     """
     out = Timed()
     for sample in samples:
@@ -557,7 +554,7 @@ async def time_reads(
         if not records or records[0].offset != sample.offset:
             raise RuntimeError(f"read({name!r}, {sample.offset}) did not start there")
         if before is not None:
-            target = before.cache_prefetched + sample.prefetches
+            target = _cache(j).cache_prefetch_started
             out.unsettled += not await _prefetched(j, target, trio.current_time() + 10.0)
             out.fetched.append(_cache(j).bytes_fetched - before.bytes_fetched)
     return out
