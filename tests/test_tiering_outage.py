@@ -313,3 +313,27 @@ async def test_upload_landing_after_its_abandonment_is_not_leaked(
         assert wanted <= listed
         leaked = listed - wanted  # the bug: the delayed upload's object, tracked by nothing
         assert not leaked, f"objects no segment or trash entry accounts for: {sorted(leaked)}"
+
+
+async def test_cold_read_after_reopen_during_outage_names_the_segment(
+    tmp_path: Path, s3_store: ObjectStore, s3_proxy: S3Proxy
+) -> None:
+    """A freshly opened journal has no index of its object-tier segments yet: fetching
+    it during an outage raises the plain ObjectStoreError, not an exception group."""
+    config = StreamConfig(segment_bytes=SEGMENT_BYTES, local_retention_bytes=0, memory_bytes=0)
+    store = s3_store.through(s3_proxy.endpoint)
+    async with open_journal(tmp_path / "journal", store, maintenance_interval=3600.0) as j:
+        await j.create_stream(NAME, config)
+        await append(j, 0, 40)
+        await j.roll(NAME)
+        await drain(j)
+        (first,) = in_tier(j, "object")[:1]
+    s3_proxy.cut()
+    async with open_journal(tmp_path / "journal", store, maintenance_interval=3600.0) as j:
+        with trio.fail_after(HANG_BOUND), pytest.raises(ObjectStoreError) as caught:
+            await j.read(NAME, first.base_offset)
+        assert caught.value.segment == first.key
+        assert caught.value.stream == NAME
+        s3_proxy.restore()
+        records = await eventually(lambda: j.read(NAME, first.base_offset))
+        assert fields(records[0]) == fields(record(first.base_offset))

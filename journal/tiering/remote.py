@@ -73,9 +73,15 @@ class RemoteSegment:
         async def fetch(suffix: str) -> None:
             found[suffix] = await self._get(suffix) or b""
 
-        async with trio.open_nursery() as nursery:  # both at once: one round trip, not two
-            nursery.start_soon(fetch, ".index")
-            nursery.start_soon(fetch, ".timeindex")
+        try:
+            async with trio.open_nursery() as nursery:  # both at once: one round trip, not two
+                nursery.start_soon(fetch, ".index")
+                nursery.start_soon(fetch, ".timeindex")
+        except BaseExceptionGroup as group:
+            failed, other = group.split(ObjectStoreError)
+            if failed is None or other is not None:
+                raise
+            raise _first(failed) from None  # callers expect the StorageError itself
         offsets, times = found[".index"], found[".timeindex"]
         max_ts = self.index.max_timestamp
         index = SparseIndex.from_files(
@@ -121,3 +127,8 @@ class RemoteSegment:
             self.base_offset, self.size, self.next_offset, self.max_timestamp,
             tier="object", key=self.key, crc32c=self.crc32c,
         )  # fmt: skip
+
+
+def _first(group: BaseExceptionGroup[ObjectStoreError]) -> ObjectStoreError:
+    leaf = group.exceptions[0]
+    return _first(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
