@@ -12,6 +12,8 @@ lets a restart avoid rescanning them:
 * ``upload/<id>/<base>``  -> the object key an upload in progress writes to
                             (written, synced, *before* the first byte goes out)
 * ``meta/journal_id``     -> a UUID naming this journal's prefix in the object tier
+* ``meta/object_url``     -> the object tier's URL, for tools that read the
+                            directory offline (``strata-journal``)
 * ``trash/<key>``         -> an object-tier key to delete (retention, deleted
                             streams, uploads that never committed)
 
@@ -34,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from journal.config import StreamConfig
 from journal.errors import StorageError
@@ -72,11 +74,19 @@ class Checkpoint:
 class Catalog:
     """Typed access to the RocksDB database under ``<data>/catalog``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (creating if needed) the catalog; only one process may write it.
+
+        ``read_only`` opens a snapshot as of now, beside a writer if there is
+        one, and creates nothing: for inspection tools.
+        """
         options = Options(raw_mode=True)
-        options.create_if_missing(True)
+        options.create_if_missing(not read_only)
         try:
-            self._db = Rdict(str(path), options)
+            if read_only:
+                self._db = Rdict(str(path), options, access_type=AccessType.read_only())
+            else:
+                self._db = Rdict(str(path), options)
         except Exception as exc:  # rocksdict raises a plain Exception
             raise StorageError(
                 f"cannot open the catalog (is another process using it?): {exc}"
@@ -101,6 +111,15 @@ class Catalog:
             raw = uuid.uuid4().hex.encode()
             self._db.put(b"meta/journal_id", raw, self._sync)
         return bytes(raw).decode()
+
+    def object_url(self) -> str | None:
+        """The object tier's URL the journal was last opened with, if any."""
+        raw = self._db.get(b"meta/object_url")
+        return None if raw is None else bytes(raw).decode()
+
+    def set_object_url(self, url: str) -> None:
+        if self.object_url() != url:
+            self._db.put(b"meta/object_url", url.encode(), self._sync)
 
     # -- streams --------------------------------------------------------------
 

@@ -169,6 +169,8 @@ class Journal:
         journal = cls(root, catalog, fsync=fsync, fsync_interval_ms=fsync_interval_ms, clock=clock)
         journal._objects = reader
         journal._object_url = object_url
+        if object_url is not None:
+            catalog.set_object_url(object_url)  # for offline tools (strata-journal)
         if store is not None and reader is not None:
             journal._migrator = Migrator(
                 catalog, store, reader, lambda: list(journal._streams.values()),

@@ -15,6 +15,7 @@ Writes go to ``inner`` only.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from journal.errors import ObjectStoreError
 from journal.tiering.base import Tier, check_key
 
 __all__ = ["CacheStatistics", "CachedTier"]
+
+log = logging.getLogger("journal.tiering")
 
 DEFAULT_BLOCK = 1 << 20
 
@@ -121,7 +124,10 @@ class CachedTier(Tier):
             if len(block) < self.block_size:
                 self._sizes[key] = start + len(block)  # the object ends in this block
             if block:
-                await self.cache.put(ckey, block)
+                try:
+                    await self.cache.put(ckey, block)
+                except OSError as exc:  # a full cache disk costs speed, not the read
+                    log.warning("read cache: cannot keep %s: %s", ckey, exc)
             return block[lo:hi]
         finally:
             del self._fetching[(key, n)]
@@ -146,7 +152,7 @@ class CachedTier(Tier):
             if size is not None and n * self.block_size < size:
                 await self._block(key, n, 0, 0, prefetching=True)
                 self.prefetched += 1
-        except ObjectStoreError:
+        except (ObjectStoreError, OSError):
             pass  # a prefetch is a guess; the real read reports the failure
 
     async def put(self, key: str, data: bytes) -> None:
