@@ -5,10 +5,12 @@ Problems with the data (torn tails, CRC failures, missing files or objects)
 are reported on ``err`` as ``stream S segment F position P: what`` and the
 command goes on; only ``--verify`` turns them into a non-zero status.
 
-``--follow`` polls the active segment's file for growth: a read of whatever
-was appended, then a sleep that starts at 10 ms and doubles up to 200 ms while
-nothing arrives (reset by new data). A roll is seen as a newer ``.log`` file
-in the stream directory: the old file is read to its end first.
+``--follow`` reads whatever was appended to the active segment's file, then
+waits for the next change: with inotify (writes and new files in the stream
+directories) it wakes on the write itself, and looks again at least every
+second; where inotify is unavailable it sleeps 10 ms, doubling up to 200 ms
+while nothing arrives. A roll is seen as a newer ``.log`` file in the stream
+directory: the old file is read to its end first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
+
+from inotify_simple import INotify, flags
 
 from journal.errors import StorageError
 from journal.segments.batch import decode_batch
@@ -46,6 +50,7 @@ __all__ = ["Selection", "disk_usage", "list_segments", "list_streams", "show", "
 
 _FOLLOW_MIN_WAIT = 0.01
 _FOLLOW_MAX_WAIT = 0.2
+_FOLLOW_SAFETY_WAIT = 1.0  # with inotify: look again after this, even without an event
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,9 +320,30 @@ def show(dd: DataDir, streams: list[StreamView], sel: Selection, out: TextIO, er
     return _follow(dd, follows, sel, out, err)
 
 
+class _Wakeup:
+    """Waits for a write in the followed stream directories (inotify), else sleeps."""
+
+    def __init__(self, directories: list[Path]) -> None:
+        self._inotify: INotify | None = None
+        with contextlib.suppress(OSError):  # no inotify here (or no instances left)
+            inotify = INotify()
+            for directory in directories:
+                inotify.add_watch(directory, flags.MODIFY | flags.CREATE | flags.MOVED_TO)
+            self._inotify = inotify
+
+    def wait(self, seconds: float) -> float:
+        """Wait for a change, or ``seconds``; returns the wait to use next time."""
+        if self._inotify is not None:
+            self._inotify.read(timeout=int(_FOLLOW_SAFETY_WAIT * 1000))
+            return seconds
+        time.sleep(seconds)
+        return min(seconds * 2, _FOLLOW_MAX_WAIT)
+
+
 def _follow(dd: DataDir, follows: list[_Follow], sel: Selection, out: TextIO, err: TextIO) -> int:
     wait = _FOLLOW_MIN_WAIT
     printed = 0
+    wakeup = _Wakeup([f.stream.directory for f in follows if f.stream.directory is not None])
 
     def emit(text: str) -> None:
         nonlocal printed
@@ -338,8 +364,7 @@ def _follow(dd: DataDir, follows: list[_Follow], sel: Selection, out: TextIO, er
                 for f in follows
             ):
                 return 0
-            time.sleep(wait)
-            wait = min(wait * 2, _FOLLOW_MAX_WAIT)
+            wait = wakeup.wait(wait)
     except KeyboardInterrupt:
         return 0
 
