@@ -103,7 +103,6 @@ class Journal:
         fsync: FsyncPolicy,
         fsync_interval_ms: int,
         clock: Callable[[], int],
-        migrator: Migrator | None = None,
     ) -> None:
         self.root = root
         self._catalog = catalog
@@ -113,8 +112,7 @@ class Journal:
         self._streams: dict[str, Stream] = {}
         self._closed = False
         self._catalog_lock = trio.Lock()
-        self._migrator = migrator
-        self._objects: CachedTier | None = None
+        self._migrator: Migrator | None = None  # with an object tier
         self._object_url: str | None = None
 
     @classmethod
@@ -167,7 +165,6 @@ class Journal:
             reader = CachedTier(store, LocalTier(root / "cache", budget_bytes=cache_bytes))
         catalog = Catalog(root / "catalog")
         journal = cls(root, catalog, fsync=fsync, fsync_interval_ms=fsync_interval_ms, clock=clock)
-        journal._objects = reader
         journal._object_url = object_url
         if object_url is not None:
             catalog.set_object_url(object_url)  # for offline tools (strata-journal)
@@ -183,8 +180,8 @@ class Journal:
             journal._recover()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(journal._maintenance, maintenance_interval)
-                if reader is not None and journal._migrator is not None:
-                    reader.start_prefetching(nursery)
+                if journal._migrator is not None:
+                    journal._migrator.reader.start_prefetching(nursery)
                     await nursery.start(journal._migrator.run, maintenance_interval)
                 try:
                     yield journal
@@ -219,7 +216,7 @@ class Journal:
             fsync=self.fsync,
             fsync_interval_ms=self._fsync_interval_ms,
             now_ms=now,
-            objects=self._objects,
+            objects=self._migrator.reader if self._migrator is not None else None,
         )
 
     def _directory(self, entry: StreamEntry) -> Path:

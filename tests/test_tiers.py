@@ -421,6 +421,26 @@ class TestCachedTierBehaviour:
         await trio.testing.wait_all_tasks_blocked()
         assert cached.statistics().prefetched == 0
 
+    async def test_a_cache_that_cannot_store_does_not_fail_reads(
+        self, nursery: trio.Nursery
+    ) -> None:
+        class FullDisk(MemoryTier):
+            async def put(self, key: str, data: bytes) -> None:
+                raise OSError(28, "No space left on device")
+
+        inner = MemoryTier()
+        await inner.put("obj", DATA)
+        cached = CachedTier(inner, FullDisk(), block_size=16, prefetch=2)
+        cached.start_prefetching(nursery)
+        for block in range(4):  # in order: prefetches start, and fail to store too
+            assert (
+                await cached.get("obj", block * 16, block * 16 + 16)
+                == DATA[block * 16 : block * 16 + 16]
+            )
+        await trio.testing.wait_all_tasks_blocked()  # failed prefetches end quietly
+        assert cached.statistics().prefetch_started > 0
+        assert cached.statistics().hits == 0  # nothing could be kept
+
     async def test_forget_drops_blocks(self) -> None:
         inner = MemoryTier()
         cache = MemoryTier()

@@ -325,7 +325,7 @@ class Segment:
 
     async def fetch(self, position: int, length: int) -> bytes:
         """:meth:`read` for the tier-agnostic read path; never yields (page cache)."""
-        return os.pread(self.fd, length, position)
+        return self.read(position, length)
 
     async def ready(self) -> None:
         """Local segments always have their index at hand."""

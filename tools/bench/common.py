@@ -6,9 +6,20 @@ import math
 import os
 import platform
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MIB", "fmt", "machine_info", "mib_per_s", "percentile", "settle", "table"]
+__all__ = [
+    "MIB",
+    "fmt",
+    "json_rows",
+    "machine_info",
+    "mib_per_s",
+    "percentile",
+    "settle",
+    "table",
+]
 
 MIB = 1 << 20
 
@@ -119,3 +130,13 @@ def table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> 
 
 def fmt(value: float, spec: str) -> str:
     return "-" if math.isnan(value) else format(value, spec)
+
+
+def json_rows(items: Sequence[Any], *derived: str) -> list[dict[str, Any]]:
+    """Dataclass rows as dicts for ``--json``, with the named derived properties added."""
+    out = []
+    for item in items:
+        d = asdict(item)
+        d.update({name: getattr(item, name) for name in derived})
+        out.append(d)
+    return out

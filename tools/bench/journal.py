@@ -95,7 +95,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -106,7 +106,16 @@ import trio
 
 from journal import FsyncPolicy, Journal, Record, StreamConfig
 from journal.segments.batch import encode_batch
-from tools.bench.common import MIB, fmt, machine_info, mib_per_s, percentile, settle, table
+from tools.bench.common import (
+    MIB,
+    fmt,
+    json_rows,
+    machine_info,
+    mib_per_s,
+    percentile,
+    settle,
+    table,
+)
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
 
@@ -310,22 +319,14 @@ class Report:
     total_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        def rows(items: Sequence[Any], *derived: str) -> list[dict[str, Any]]:
-            out = []
-            for item in items:
-                d = asdict(item)
-                d.update({name: getattr(item, name) for name in derived})
-                out.append(d)
-            return out
-
         return {
             "machine": self.machine,
             "settings": self.settings,
-            "raw": rows(self.raw, "mib_s"),
-            "appends": rows(self.appends, "mib_s", "records_s", "ratio"),
-            "reads": rows(self.reads, "mib_s", "records_s"),
-            "tails": rows(self.tails),
-            "targets": rows(self.targets),
+            "raw": json_rows(self.raw, "mib_s"),
+            "appends": json_rows(self.appends, "mib_s", "records_s", "ratio"),
+            "reads": json_rows(self.reads, "mib_s", "records_s"),
+            "tails": json_rows(self.tails),
+            "targets": json_rows(self.targets),
             "total_seconds": self.total_seconds,
         }
 

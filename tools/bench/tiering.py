@@ -107,7 +107,16 @@ import trio
 from journal import Journal, Record, StreamConfig, TieringStatistics
 from journal.segments.batch import encode_batch
 from journal.tiering.cache import DEFAULT_BLOCK
-from tools.bench.common import MIB, fmt, machine_info, mib_per_s, percentile, settle, table
+from tools.bench.common import (
+    MIB,
+    fmt,
+    json_rows,
+    machine_info,
+    mib_per_s,
+    percentile,
+    settle,
+    table,
+)
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
 
@@ -271,18 +280,10 @@ class Report:
     total_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        def rows(items: Sequence[Any], *derived: str) -> list[dict[str, Any]]:
-            out = []
-            for item in items:
-                d = asdict(item)
-                d.update({name: getattr(item, name) for name in derived})
-                out.append(d)
-            return out
-
         return {
             "machine": self.machine,
             "settings": self.settings,
-            "migrations": rows(
+            "migrations": json_rows(
                 self.migrations,
                 "mib_s",
                 "ref_mib_s",
@@ -290,9 +291,9 @@ class Report:
                 "ratio",
                 "ratio_readback",
             ),
-            "reads": rows(self.reads, "mib_s"),
-            "latencies": rows(self.latencies),
-            "hot": rows(self.hot, "records_s", "mib_s"),
+            "reads": json_rows(self.reads, "mib_s"),
+            "latencies": json_rows(self.latencies),
+            "hot": json_rows(self.hot, "records_s", "mib_s"),
             "total_seconds": self.total_seconds,
         }
 
