@@ -324,6 +324,30 @@ class Journal:
             )
         return out
 
+    # The async twins of the queries above, for code written against
+    # journal.service.JournalService (the remote client answers them over RPC).
+
+    async def list_streams(self) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return self.streams()
+
+    async def describe_stream(self, name: str) -> StreamInfo:
+        await trio.lowlevel.checkpoint()
+        return self.stream_info(name)
+
+    async def list_segments(self, name: str) -> list[SegmentInfo]:
+        await trio.lowlevel.checkpoint()
+        return self.segments(name)
+
+    @overload
+    async def get_statistics(self) -> JournalStatistics: ...
+    @overload
+    async def get_statistics(self, name: str) -> StreamStatistics: ...
+
+    async def get_statistics(self, name: str | None = None) -> JournalStatistics | StreamStatistics:
+        await trio.lowlevel.checkpoint()
+        return self.statistics() if name is None else self.statistics(name)
+
     # -- writing ----------------------------------------------------------------
 
     async def append(self, name: str, records: Sequence[Record]) -> AppendResult:
