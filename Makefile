@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Until the server exists (issue 5), `make run` runs the journal benchmark.
+# The server with embedded defaults: journal, meta and every front end in one
+# process, data in ./strata-data (see docs/configuration.md to change either).
 run: $(STAMP)
-	$(BIN)/python -m tools.bench journal --quick
+	$(BIN)/strata start
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,16 +18,22 @@ fault and where:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
     "BatchTooLargeError",
     "CorruptSegmentError",
+    "InvalidArgumentError",
     "InvalidBatchError",
     "JournalClosedError",
+    "JournalConnectionLostError",
+    "JournalUnavailableError",
     "LocalProtocolError",
     "ObjectStoreError",
     "ObjectStoreTimeoutError",
     "OffsetOutOfRangeError",
     "ProtocolError",
+    "RemoteJournalError",
     "RemoteProtocolError",
     "StorageError",
     "StrataError",
@@ -152,3 +158,46 @@ class UnsupportedCompressionError(InvalidBatchError):
     """A batch uses a codec this build cannot decompress (Kafka code 76)."""
 
     code = 76
+
+
+class JournalUnavailableError(StrataError):
+    """The journal server cannot take the request now; retrying later is safe.
+
+    The server sends it (RPC code UNAVAILABLE) only for requests it did not
+    apply (shutting down, not ready); the remote client raises it for requests
+    it could not send because it is not connected. Either way: not applied.
+    """
+
+    retryable: ClassVar[bool] = True
+
+
+class JournalConnectionLostError(JournalUnavailableError):
+    """A request was sent but its answer never came: the connection dropped.
+
+    ``maybe_applied`` is True for requests that change state (appends,
+    create/delete, roll, retention, migration, verify): the server may or may
+    not have applied it, and retrying may apply it twice.
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool) -> None:
+        if maybe_applied:
+            message += (
+                "; the request may or may not have been applied, and retrying it"
+                " may apply it twice (an append may be duplicated)"
+            )
+        else:
+            message += "; the request changes nothing, so retrying it is safe"
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
+class InvalidArgumentError(StrataError, ValueError):
+    """The journal server rejected an argument (a plain ``ValueError`` on its side)."""
+
+
+class RemoteJournalError(StrataError):
+    """The journal server failed with an error the RPC has no specific code for."""
+
+    def __init__(self, message: str, *, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code

@@ -7,7 +7,8 @@ One source of statistics (STYLE habit 11): the CLI, the admin API and
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 __all__ = [
     "FSYNC_BUCKETS",
@@ -15,6 +16,7 @@ __all__ = [
     "LatencyHistogram",
     "StreamStatistics",
     "TieringStatistics",
+    "statistics_from_dict",
 ]
 
 # Seconds; Prometheus-style cumulative buckets are derived from these bounds.
@@ -102,3 +104,28 @@ class JournalStatistics:
     size_bytes: int
     per_stream: dict[str, StreamStatistics]
     tiering: TieringStatistics | None = None
+
+
+def _histogram(d: dict[str, Any]) -> LatencyHistogram:
+    return LatencyHistogram(tuple(d["bounds"]), list(d["counts"]), d["count"], d["total"])
+
+
+def _stream(d: dict[str, Any]) -> StreamStatistics:
+    values = {f.name: d[f.name] for f in fields(StreamStatistics)}
+    values["fsync_latency"] = _histogram(d["fsync_latency"])
+    return StreamStatistics(**values)
+
+
+def statistics_from_dict(d: dict[str, Any]) -> JournalStatistics | StreamStatistics:
+    """Rebuild a statistics record from its ``dataclasses.asdict`` (as the RPC sends it as JSON).
+
+    A dict with ``per_stream`` is the whole journal's record, else one stream's.
+    """
+    if "per_stream" not in d:
+        return _stream(d)
+    values = {f.name: d[f.name] for f in fields(JournalStatistics)}
+    values["fsync_latency"] = _histogram(d["fsync_latency"])
+    values["per_stream"] = {name: _stream(s) for name, s in d["per_stream"].items()}
+    tiering = d.get("tiering")
+    values["tiering"] = None if tiering is None else TieringStatistics(**tiering)
+    return JournalStatistics(**values)

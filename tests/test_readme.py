@@ -22,7 +22,7 @@ def test_readme_journal_example_runs(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == "0 0"  # base and last offset of the first append
     assert lines[-1] == "live: b'hello'"
-    assert (tmp_path / "strata-data" / "catalog").is_dir()
+    assert (tmp_path / "strata-data" / "journal" / "catalog").is_dir()
 
 
 def test_readme_tiering_example_runs(tmp_path: Path) -> None:

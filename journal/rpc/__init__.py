@@ -5,6 +5,7 @@ This package is the sans-I/O part (no sockets, no trio): the wire format in
 :mod:`journal.rpc.connection`. See ``docs/rpc.md`` for the protocol.
 """
 
+from journal.errors import InvalidArgumentError, JournalUnavailableError, RemoteJournalError
 from journal.rpc.connection import (
     NEED_DATA,
     SUB_TRANSITIONS,
@@ -43,8 +44,6 @@ from journal.rpc.frames import (
     GrantCredit,
     Hello,
     HelloOk,
-    InvalidArgumentError,
-    JournalUnavailableError,
     ListSegments,
     ListStreams,
     Message,
@@ -53,7 +52,6 @@ from journal.rpc.frames import (
     OffsetResult,
     Problems,
     ReadBatches,
-    RemoteJournalError,
     Request,
     Response,
     Roll,

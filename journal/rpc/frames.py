@@ -31,13 +31,16 @@ from journal.config import InvalidConfigError, StreamConfig
 from journal.errors import (
     BatchTooLargeError,
     CorruptSegmentError,
+    InvalidArgumentError,
     InvalidBatchError,
     JournalClosedError,
+    JournalUnavailableError,
     LocalProtocolError,
     ObjectStoreError,
     ObjectStoreTimeoutError,
     OffsetOutOfRangeError,
     ProtocolError,
+    RemoteJournalError,
     RemoteProtocolError,
     StorageError,
     StrataError,
@@ -95,28 +98,6 @@ class ErrorCode(enum.IntEnum):
 
 
 RETRYABLE_CODES = frozenset({ErrorCode.UNAVAILABLE})
-
-
-class JournalUnavailableError(StrataError):
-    """The journal server cannot take the request now; retrying later is safe.
-
-    Sent as :data:`ErrorCode.UNAVAILABLE` only for requests the server did not
-    apply (it is shutting down, or not ready yet).
-    """
-
-    retryable: ClassVar[bool] = True
-
-
-class InvalidArgumentError(StrataError, ValueError):
-    """The server rejected an argument (a plain ``ValueError`` on the server side)."""
-
-
-class RemoteJournalError(StrataError):
-    """The server failed with an error this codec has no specific code for."""
-
-    def __init__(self, message: str, *, code: int = ErrorCode.UNKNOWN) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class FrameType(enum.IntEnum):

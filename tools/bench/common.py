@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tools.text import table
+
 __all__ = [
     "MIB",
     "fmt",
@@ -110,22 +112,6 @@ def settle(directory: Path, prime_bytes: int = 0) -> None:
     finally:
         os.close(fd)
         path.unlink()
-
-
-def table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Text table lines: columns are (title, width), a negative width aligns left."""
-
-    def line(cells: Sequence[str]) -> str:
-        return (
-            "  "
-            + " ".join(
-                f"{cell:<{-w}}" if w < 0 else f"{cell:>{w}}"
-                for cell, (_, w) in zip(cells, columns, strict=True)
-            ).rstrip()
-        )
-
-    header = line([title for title, _ in columns])
-    return [header, "  " + "-" * (len(header) - 2), *(line(row) for row in rows)]
 
 
 def fmt(value: float, spec: str) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from journal.records import Record
 from journal.segments.batch import BatchHeader
+from tools.text import human_size
 
 __all__ = [
     "BATCH_MODES",
@@ -49,15 +50,6 @@ def format_time(ms: int | None) -> str:
         return "-"
     moment = datetime.fromtimestamp(ms / 1000, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def text_of(data: bytes | None) -> str | None:

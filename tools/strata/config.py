@@ -36,6 +36,7 @@ from journal.config import FSYNC_POLICIES, FsyncPolicy
 from journal.errors import StrataError
 
 __all__ = [
+    "CLIENT_ENV_PREFIX",
     "ENV_PREFIX",
     "ROLES",
     "SECTIONS",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "STRATA_"
+CLIENT_ENV_PREFIX = "STRATA_CLI_"
+"""Variables for the ``strata`` client commands (server URL, credentials), not settings."""
 ROLES: tuple[str, ...] = ("journal", "meta", "broker")
 """What one ``strata`` process can run; roles combine, the default is all."""
 
@@ -688,7 +691,7 @@ def _apply_env(
 ) -> None:
     names = {s.env: s for s in settings()}
     for var in sorted(env):
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or var.startswith(CLIENT_ENV_PREFIX):
             continue
         setting = names.get(var)
         if setting is None:
