@@ -1,4 +1,4 @@
-"""Command line of the benchmarks: ``python -m tools.bench journal|tiering [--quick] ...``.
+"""Command line of the benchmarks: ``python -m tools.bench journal|tiering|rpc [--quick] ...``.
 
 Also installed as the ``strata-bench`` script.
 """
@@ -112,6 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="sealed segments migrated per object tier (default 8, or 4 with --quick)",
     )
     tp.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+    rp = sub.add_parser(
+        "rpc",
+        help="what the network hop costs: the same workloads through the in-process journal "
+        "and through RemoteJournal over loopback TCP (server in this process and in a child)",
+        description="Journal RPC benchmark; see the docstring of tools/bench/rpc.py.",
+    )
+    rp.add_argument(
+        "--quick", action="store_true", help="a demo run of under 15 seconds (tiny budgets)"
+    )
+    rp.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="write under this directory (in a fresh subdirectory, removed afterwards); "
+        "default: a temporary directory under the current directory",
+    )
+    rp.add_argument(
+        "--no-server-process",
+        action="store_true",
+        help="skip the server in a child process (`strata start --role journal`)",
+    )
+    rp.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
 
 
@@ -137,6 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             directory=args.dir,
             segment_mib=args.segment_mib,
             segments=args.segments,
+            json_path=args.json,
+        )
+    if args.command == "rpc":
+        from tools.bench import rpc
+
+        return rpc.main(
+            quick=args.quick,
+            directory=args.dir,
+            server_process=not args.no_server_process,
             json_path=args.json,
         )
     raise AssertionError(args.command)  # argparse refuses unknown subcommands

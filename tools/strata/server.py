@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from journal import Journal
+from journal import Journal, StrataError
 from journal.remote import RemoteJournal
 from journal.rpc.server import JournalServer
 from journal.service import JournalService
@@ -220,5 +220,23 @@ def run(config: Config) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    trio.run(_serve_until_signalled, config)
+    try:
+        trio.run(_serve_until_signalled, config)
+    except BaseExceptionGroup as group:
+        failures = group.subgroup((StrataError, OSError))
+        if failures is None or failures.split((StrataError, OSError))[1] is not None:
+            raise
+        for exc in _leaves(failures):
+            print(f"strata: error: {exc}", file=sys.stderr)
+        return 1
+    except (StrataError, OSError) as exc:  # a data dir in use, a port taken, no journal server
+        print(f"strata: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
