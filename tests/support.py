@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 
 from journal import Journal, Record
+from journal.service import JournalService
 
 
-async def read_all(j: Journal, name: str, start: int = 0, max_bytes: int = 1 << 20) -> list[Record]:
+async def read_all(
+    j: JournalService, name: str, start: int = 0, max_bytes: int = 1 << 20
+) -> list[Record]:
     """Every committed record from ``start`` on, read in ``max_bytes`` chunks."""
     out: list[Record] = []
     offset = start
@@ -24,6 +28,20 @@ def tail(j: Journal, name: str, offset: int) -> AsyncGenerator[Record, None]:
     gen = j.tail(name, offset)
     assert isinstance(gen, AsyncGenerator)
     return gen
+
+
+@asynccontextmanager
+async def tailing(
+    j: JournalService, name: str, offset: int
+) -> AsyncIterator[AsyncIterator[Record]]:
+    """``j.tail(name, offset)`` of any :class:`JournalService`, closed (if it can be) on exit."""
+    it = j.tail(name, offset)
+    try:
+        yield it
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def take(gen: AsyncIterator[Record], n: int) -> list[Record]:
