@@ -175,6 +175,15 @@ class FakeClock:
         return self.now
 
 
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under the data directory except the RocksDB catalog, by content."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] != "catalog"
+    }
+
+
 def _fields(records: list[Record]) -> list[tuple[Any, ...]]:
     return [(r.offset, r.key, r.value, r.headers, r.timestamp) for r in records]
 
@@ -387,8 +396,10 @@ _BAD_CALLS = [
 ]
 
 
-async def _check_refused(j: JournalService, bad: Bad) -> None:
-    """``bad`` raises as promised and changes nothing the service can show."""
+async def _check_refused(j: JournalService, bad: Bad, root: Path) -> None:
+    """``bad`` raises as promised and changes nothing the service can show, nor any
+    file under the data directory ``root`` (the RocksDB catalog aside)."""
+    files = _snapshot(root)
     before = (
         await j.list_streams(),
         await j.describe_stream("s"),
@@ -398,6 +409,7 @@ async def _check_refused(j: JournalService, bad: Bad) -> None:
     with pytest.raises(bad.error, match=bad.match) as caught:
         await bad.call(j)
     assert isinstance(caught.value, StrataError)
+    assert _snapshot(root) == files
     after = (
         await j.list_streams(),
         await j.describe_stream("s"),
@@ -666,11 +678,11 @@ class TestJournalService:
 
     @pytest.mark.parametrize("bad", [pytest.param(b, id=b.id) for b in _BAD_CALLS])
     async def test_bad_arguments_raise_and_change_nothing(
-        self, open_journal: Opener, bad: Bad
+        self, open_journal: Opener, bad: Bad, tmp_path: Path
     ) -> None:
         async with open_journal(fsync="always") as j:
             await _populated(j)
-            await _check_refused(j, bad)
+            await _check_refused(j, bad, tmp_path / "data")
         if bad.error is UnknownStreamError:
             assert issubclass(bad.error, KeyError)
         if bad.error is OffsetOutOfRangeError:
@@ -678,7 +690,7 @@ class TestJournalService:
 
     @pytest.mark.parametrize("count", [2, 4])
     async def test_append_batch_rejects_records_disagreeing_with_header(
-        self, open_journal: Opener, count: int
+        self, open_journal: Opener, count: int, tmp_path: Path
     ) -> None:
         # Header says `count` records (offset deltas 0..count-1): the record area holds 3.
         batch = bytearray(_GOOD)
@@ -692,6 +704,7 @@ class TestJournalService:
                 Bad(
                     "count", InvalidBatchError, "offset|record", lambda j: j.append_batch("s", bad)
                 ),
+                tmp_path / "data",
             )
 
     async def test_offset_out_of_range_carries_the_valid_range(self, open_journal: Opener) -> None:
@@ -781,7 +794,7 @@ class TestJournalService:
 
     @pytest.mark.parametrize("codec", [pytest.param(0, id="plain"), pytest.param(1, id="gzip")])
     async def test_kafka_python_batch_with_a_flipped_bit_is_refused(
-        self, open_journal: Opener, codec: int
+        self, open_journal: Opener, codec: int, tmp_path: Path
     ) -> None:
         raw = bytearray(_kafka_batch([(T0, b"k", b"value" * 20, [])], codec))
         raw[-3] ^= 0x10
@@ -790,6 +803,7 @@ class TestJournalService:
             await _check_refused(
                 j,
                 Bad("flip", InvalidBatchError, "CRC32C", lambda j: j.append_batch("s", bytes(raw))),
+                tmp_path / "data",
             )
 
     @pytest.mark.parametrize(
