@@ -216,6 +216,7 @@ _BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
     ({"retention_ms": "1d"}, "retention_ms"),
     ({"index_interval_bytes": 0}, "index_interval_bytes"),
     ({"max_batch_bytes": 0}, "max_batch_bytes"),
+    ({"max_batch_bytes": (64 << 20) + 1}, "max_batch_bytes"),  # must fit an RPC frame
     ({"fsync": "sometimes"}, "fsync"),
     ({"fsync": "ALWAYS"}, "fsync"),
     ({"fsync_interval_ms": -1}, "fsync_interval_ms"),
