@@ -20,6 +20,8 @@ FsyncPolicy = Literal["always", "interval", "none"]
 FSYNC_POLICIES: tuple[str, ...] = get_args(FsyncPolicy)
 
 _MAX_SEGMENT_BYTES = (1 << 31) - 1  # index positions are 32-bit
+MAX_BATCH_BYTES = 64 << 20
+"""The largest ``max_batch_bytes``: every batch must fit one journal RPC frame."""
 
 
 class InvalidConfigError(StrataError, ValueError):
@@ -62,6 +64,11 @@ class StreamConfig:
         for name in (*optional, "local_retention_bytes", "local_retention_ms"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=0)
+        if self.max_batch_bytes > MAX_BATCH_BYTES:
+            raise InvalidConfigError(
+                f"max_batch_bytes must be at most {MAX_BATCH_BYTES} (64 MiB), "
+                f"not {self.max_batch_bytes}"
+            )
         if self.segment_bytes > _MAX_SEGMENT_BYTES:
             raise InvalidConfigError(f"segment_bytes must be at most {_MAX_SEGMENT_BYTES}")
         if self.fsync is not None and self.fsync not in FSYNC_POLICIES:

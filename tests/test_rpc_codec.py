@@ -477,7 +477,7 @@ def test_oversize_frame_is_refused_from_its_header_alone() -> None:
 
 
 def test_frames_before_the_handshake_are_small() -> None:
-    server = Connection(Role.SERVER)  # 16 MiB frames once READY, 4 KiB before
+    server = Connection(Role.SERVER)  # 64 MiB frames once READY, 4 KiB before
     with pytest.raises(RemoteProtocolError) as info:
         server.receive_data(struct.pack(">IBI", MAX_HANDSHAKE_FRAME_SIZE + 1, 0x01, 0))
     assert info.value.code == ErrorCode.FRAME_TOO_LARGE

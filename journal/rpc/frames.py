@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from journal.config import InvalidConfigError, StreamConfig
+from journal.config import MAX_BATCH_BYTES, InvalidConfigError, StreamConfig
 from journal.errors import (
     BatchTooLargeError,
     CorruptSegmentError,
@@ -58,7 +58,9 @@ PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 FRAME_HEADER = struct.Struct(">IBI")  # length, frame type, request id
 HEADER_SIZE = FRAME_HEADER.size  # 9
 MIN_LENGTH = HEADER_SIZE - 4  # type + request id
-DEFAULT_MAX_FRAME_SIZE = (16 << 20) + 4096  # the ``length`` field's upper bound
+# The ``length`` field's upper bound: the largest batch a stream may take
+# (journal.config.MAX_BATCH_BYTES) plus room for the rest of an APPEND frame.
+DEFAULT_MAX_FRAME_SIZE = MAX_BATCH_BYTES + (64 << 10)
 MAX_MESSAGE_CHARS = 4096  # error messages are truncated to this on the wire
 
 _U16 = struct.Struct(">H")
