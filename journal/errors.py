@@ -41,6 +41,7 @@ __all__ = [
     "StreamExistsError",
     "UnknownStreamError",
     "UnsupportedCompressionError",
+    "leaf_exceptions",
 ]
 
 
@@ -201,3 +202,14 @@ class RemoteJournalError(StrataError):
     def __init__(self, message: str, *, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]`` itself.
+
+    Nurseries wrap what their tasks raise; callers that report errors to a
+    person want the errors, not the groups.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in leaf_exceptions(inner)]

@@ -68,6 +68,7 @@ from journal.errors import (
     StreamDeletedError,
     StreamExistsError,
     UnknownStreamError,
+    leaf_exceptions,
 )
 from journal.journal import SegmentInfo, StreamInfo
 from journal.records import Header, Record
@@ -580,19 +581,12 @@ async def serve_admin(
             started = True
             task_status.started(int(binds[0].rpartition(":")[2]))
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = leaf_exceptions(group)
         if started or not all(isinstance(exc, OSError) for exc in leaves):
             raise
         first = leaves[0]
         assert isinstance(first, OSError)
         raise OSError(first.errno, f"cannot listen on {host}:{port}: {first.strerror}") from first
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out
 
 
 # -- request parsing -------------------------------------------------------------------

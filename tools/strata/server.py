@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import trio
 
 from journal import Journal, StrataError
+from journal.errors import leaf_exceptions
 from journal.remote import RemoteJournal
 from journal.rpc.server import JournalServer
 from journal.service import JournalService
@@ -226,17 +227,10 @@ def run(config: Config) -> int:
         failures = group.subgroup((StrataError, OSError))
         if failures is None or failures.split((StrataError, OSError))[1] is not None:
             raise
-        for exc in _leaves(failures):
+        for exc in leaf_exceptions(failures):
             print(f"strata: error: {exc}", file=sys.stderr)
         return 1
     except (StrataError, OSError) as exc:  # a data dir in use, a port taken, no journal server
         print(f"strata: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out
