@@ -349,3 +349,14 @@ def test_config_env_overrides_reach_the_server(tmp_path: Path) -> None:
             assert response.status_code == 200
             status = http.get("/api/v1/status").json()
             assert status["roles"] == ["journal", "meta", "broker"]
+
+
+def test_cli_reports_an_unreachable_server_plainly(tmp_path: Path) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    waited = run_cli("status", "--wait", "0.5", "--server", nobody)
+    assert waited.returncode == 1
+    assert waited.stderr.startswith("strata: error: not ready after 0.5 s")
+    listed = run_cli("topic", "list", "--server", nobody)
+    assert listed.returncode == 1
+    assert "cannot reach the admin API" in listed.stderr
+    assert "Traceback" not in listed.stderr
