@@ -360,6 +360,10 @@ class Journal:
         """
         return await self._stream(name).append_records(list(records), self._clock())
 
+    def now_ms(self) -> int:
+        """The journal's clock (ms): the time records appended without one get."""
+        return self._clock()
+
     async def append_batch(self, name: str, batch: bytes | bytearray | memoryview) -> AppendResult:
         """Append one client-encoded RecordBatch v2 after validating it; offsets are assigned."""
         return await self._stream(name).append_raw(batch, self._clock())

@@ -5,6 +5,10 @@ keeps one connection up: it dials, does the handshake, then runs the single
 reader that routes each answer to the request waiting on it (a per-request
 event) and each pushed DATA to its tail's channel. Many callers share the
 connection: each request gets its own id, so answers may come in any order.
+A caller encodes its request and queues it on the connection's
+:class:`~journal.rpc.writer.FrameWriter`, which sends what several callers
+queued together in one write; it waits for the answer without a cancel scope
+unless ``request_timeout`` is set.
 
 When the connection drops, the manager fails every request in flight with
 :class:`~journal.errors.JournalConnectionLostError` (``maybe_applied`` for
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -82,7 +85,8 @@ from journal.rpc.frames import (
     Wait,
     error_from_response,
 )
-from journal.rpc.server import encode_append
+from journal.rpc.server import MAX_RECEIVE_SIZE, encode_append
+from journal.rpc.writer import FrameWriter
 from journal.segments.batch import decode_batch
 from journal.stats import JournalStatistics, StreamStatistics, statistics_from_dict
 
@@ -128,44 +132,34 @@ class _Pending:
 
 
 class _Link:
-    """One live connection: socket, state machine, write lock, who waits for what."""
+    """One live connection: socket, state machine, writer, who waits for what."""
 
     def __init__(self, stream: trio.SocketStream, conn: Connection) -> None:
         self.stream = stream
         self.conn = conn
-        self.lock = trio.Lock()
+        self.writer = FrameWriter(stream, timeout=WRITE_TIMEOUT)
         self.pending: dict[int, _Pending] = {}
         self.subs: dict[int, trio.MemorySendChannel[Message]] = {}
-        self.dead = False
+        self.failed = False
         self.gone = trio.Event()  # set once the link is dead and everyone was told
+
+    @property
+    def dead(self) -> bool:
+        return self.failed or self.writer.broken
 
     async def write(self, message: Message) -> None:
         """Send one frame; raises LocalProtocolError (not sent) or BrokenResourceError."""
-        async with self.lock:
-            if self.dead:
-                raise trio.BrokenResourceError("connection lost")
-            data = self.conn.send(message)
-            await self.write_raw(data)
-
-    async def write_raw(self, data: bytes) -> None:
-        # shielded: half a frame on the wire would desynchronize the connection
-        with trio.CancelScope(shield=True), trio.move_on_after(WRITE_TIMEOUT) as scope:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                await self.kill()
-                raise trio.BrokenResourceError("connection lost") from exc
-        if scope.cancelled_caught:
-            await self.kill()
-            raise trio.BrokenResourceError(f"no progress writing for {WRITE_TIMEOUT}s")
+        if self.dead:
+            raise trio.BrokenResourceError("connection lost")
+        await self.writer.write(self.conn.send(message))
 
     async def kill(self) -> None:
         """Mark the link dead and close the socket, which ends the reader's wait."""
-        self.dead = True
+        self.failed = True
         await trio.aclose_forcefully(self.stream)
 
     def fail_all(self, why: str) -> None:
-        self.dead = True
+        self.failed = True
         for pending in self.pending.values():
             pending.resolve(JournalConnectionLostError(why, maybe_applied=pending.maybe_applied))
         self.pending.clear()
@@ -322,9 +316,8 @@ class RemoteJournal:
                 event = await _next_event(link)
             except RemoteProtocolError as exc:
                 log.warning("journal server broke the protocol: %s", exc)
-                with trio.move_on_after(1.0):
-                    async with link.lock:
-                        await link.write_raw(link.conn.send_failure(exc))
+                with trio.move_on_after(1.0), suppress(trio.BrokenResourceError):
+                    await link.writer.write(link.conn.send_failure(exc))
                 return f"journal server broke the protocol ({exc})"
             except trio.BrokenResourceError as exc:
                 return f"connection to the journal server lost ({exc})"
@@ -374,30 +367,31 @@ class RemoteJournal:
         timeout = self.request_timeout if timed else None
         req = make(link.conn.next_request_id())
         pending = _Pending(type(req) in STATE_CHANGING)
-        async with link.lock:
-            if link.dead:
-                self._retryable_failures += 1
-                raise JournalUnavailableError("connection lost (the request was not sent)")
-            data = _encode(link.conn, req)
-            link.pending[req.request_id] = pending
-            self._requests += 1
+        if link.dead:
+            self._retryable_failures += 1
+            raise JournalUnavailableError("connection lost (the request was not sent)")
+        data = _encode(link.conn, req)
+        link.pending[req.request_id] = pending
+        self._requests += 1
+        try:
             try:
-                await link.write_raw(data)
+                await link.writer.write(data)
             except trio.BrokenResourceError:
                 pending.resolve(
                     JournalConnectionLostError(
                         "connection lost while sending", maybe_applied=pending.maybe_applied
                     )
                 )
-        try:
-            with trio.fail_after(math.inf if timeout is None else timeout):
+            if timeout is None:  # no cancel scope on the common path
                 await pending.done.wait()
-        except trio.TooSlowError:
-            pending.resolve(
-                JournalConnectionLostError(
-                    f"no answer within {timeout}s", maybe_applied=pending.maybe_applied
-                )
-            )
+            else:
+                with trio.move_on_after(timeout):
+                    await pending.done.wait()
+                pending.resolve(
+                    JournalConnectionLostError(
+                        f"no answer within {timeout}s", maybe_applied=pending.maybe_applied
+                    )
+                )  # does nothing if the answer came
         finally:
             link.pending.pop(req.request_id, None)
         answer = pending.answer
@@ -516,16 +510,15 @@ class RemoteJournal:
     ) -> AsyncGenerator[Record, None]:
         """One SUBSCRIBE on one connection; ends quietly when the connection drops."""
         send, receive = trio.open_memory_channel[Message](float("inf"))
-        async with link.lock:
-            if link.dead:
-                return
-            rid = link.conn.next_request_id()
-            data = _encode(link.conn, Subscribe(rid, name, _i64(from_offset), TAIL_CREDIT))
-            link.subs[rid] = send
-            try:
-                await link.write_raw(data)
-            except trio.BrokenResourceError:
-                return
+        if link.dead:
+            return
+        rid = link.conn.next_request_id()
+        data = _encode(link.conn, Subscribe(rid, name, _i64(from_offset), TAIL_CREDIT))
+        link.subs[rid] = send
+        try:
+            await link.writer.write(data)
+        except trio.BrokenResourceError:
+            return
         self._requests += 1
         ended = False
         try:
@@ -596,8 +589,9 @@ async def _next_event(link: _Link) -> Message | ConnectionClosed:
         if event is not NEED_DATA:
             assert isinstance(event, Message | ConnectionClosed)
             return event
+        size = min(max(RECEIVE_SIZE, link.conn.missing), MAX_RECEIVE_SIZE)
         try:
-            data = await link.stream.receive_some(RECEIVE_SIZE)
+            data = await link.stream.receive_some(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise trio.BrokenResourceError("connection lost") from exc
         link.conn.receive_data(data)

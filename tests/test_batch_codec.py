@@ -46,6 +46,8 @@ from journal.segments.batch import (
     decode_batch,
     encode_batch,
     iter_batches,
+    parse_header,
+    restamp_batch,
     set_base_offset,
     validate_batch,
 )
@@ -938,3 +940,26 @@ def test_mutation_fuzz_reaches_the_record_parser() -> None:
 def test_header_layout_matches_spec() -> None:
     assert HEADER_SIZE == _RECORDS_AT == 61
     assert LOG_OVERHEAD == _EPOCH_AT == 12
+
+
+@given(st.lists(_records, min_size=1, max_size=20), _timestamps, _timestamps)
+def test_restamp_gives_what_encode_gives_records_without_a_timestamp(
+    records: list[Record], placeholder: int, now: int
+) -> None:
+    """The journal RPC's APPEND: records sent with a placeholder timestamp (in the
+    producer id, epoch 0) become byte for byte the batch the journal would encode."""
+    bare = [dataclasses.replace(r, timestamp=None) for r in records]
+    sent = encode_batch(bare, now_ms=placeholder, producer_id=placeholder, producer_epoch=0)
+    stamped = restamp_batch(sent, check_batch(sent), now)
+    assert stamped is not None
+    assert bytes(stamped) == encode_batch(bare, now_ms=now)
+
+
+def test_restamp_refuses_batches_it_cannot_stamp_in_place() -> None:
+    mixed = encode_batch([Record(b"a"), Record(b"b", timestamp=5)], now_ms=9)
+    assert restamp_batch(mixed, check_batch(mixed), 1) is None
+    later = encode_batch([Record(b"a", timestamp=9), Record(b"b", timestamp=5)], now_ms=0)
+    assert restamp_batch(later, check_batch(later), 1) is None  # max != base
+    gzipped = bytearray(encode_batch([Record(b"a")], now_ms=0))
+    struct.pack_into(">h", gzipped, _ATTRIBUTES_AT, 1)
+    assert restamp_batch(gzipped, parse_header(gzipped, 0), 1) is None

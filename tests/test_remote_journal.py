@@ -189,7 +189,12 @@ async def test_drop_fails_in_flight_then_down_then_reconnects(
             await trio.sleep_forever()
             raise AssertionError("unreachable")
 
+        async def stuck_batch(name: str, batch: bytes | bytearray | memoryview) -> AppendResult:
+            return await stuck(name, [])
+
+        # APPEND reaches the journal through append_batch when it can (see rpc/server.py)
         monkeypatch.setattr(served.journal, "append", stuck)
+        monkeypatch.setattr(served.journal, "append_batch", stuck_batch)
         lost: list[JournalConnectionLostError] = []
 
         async def append_in_flight() -> None:

@@ -1,8 +1,10 @@
 """Journal RPC: the binary protocol between a remote journal client and a journal server.
 
-This package is the sans-I/O part (no sockets, no trio): the wire format in
-:mod:`journal.rpc.frames` and the per-side state machine in
-:mod:`journal.rpc.connection`. See ``docs/rpc.md`` for the protocol.
+What this package exports is the sans-I/O part (no sockets, no trio): the wire
+format in :mod:`journal.rpc.frames` and the per-side state machine in
+:mod:`journal.rpc.connection`. The trio side is :mod:`journal.rpc.server` and
+:mod:`journal.rpc.writer` (the coalescing write path the server and the remote
+client share). See ``docs/rpc.md`` for the protocol.
 """
 
 from journal.errors import InvalidArgumentError, JournalUnavailableError, RemoteJournalError

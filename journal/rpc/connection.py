@@ -27,12 +27,15 @@ than one batch beyond what the client granted.
 
 Limits: a frame header announcing more than ``max_frame_size`` is refused as
 soon as its 9 header bytes arrive, before any body is buffered, and the
-receive buffer never holds more than ``max_buffer`` bytes.
+receive buffer never holds more than ``max_buffer`` bytes. ``missing`` says
+how much of the current frame is still to come, so a reader can ask the
+socket for a large frame in large pieces.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 from journal.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -64,6 +67,7 @@ from journal.rpc.frames import (
 MAX_HANDSHAKE_FRAME_SIZE = 4096  # the frame limit before the handshake completes
 MAX_ENDED_SUBSCRIPTIONS = 4096  # server: ids of subscriptions it ended, remembered
 _MALFORMED = ErrorCode.MALFORMED_FRAME
+_LENGTH = struct.Struct(">I")
 _DUPLICATE = ErrorCode.DUPLICATE_REQUEST_ID
 
 
@@ -210,6 +214,15 @@ class Connection:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
+
+    @property
+    def missing(self) -> int:
+        """Bytes the frame at the head of the buffer still lacks (0 if its header is
+        not in yet): how much a reader may ask the socket for at once."""
+        if self.buffered < HEADER_SIZE:
+            return 0
+        length: int = _LENGTH.unpack_from(self._buf, self._pos)[0]
+        return max(0, 4 + length - self.buffered)
 
     def next_request_id(self) -> int:
         """A request id not in use on this connection (client side)."""

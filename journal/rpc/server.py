@@ -1,14 +1,19 @@
 """The journal RPC server: a thin trio loop around ``Connection(Role.SERVER)``.
 
 How it works. ``serve`` owns one nursery; each accepted socket gets a task
-that reads into the connection, drains ``next_event()`` and starts a task per
-request, so a slow WAIT or APPEND never holds up a later READ on the same
-connection (pipelining). Every write goes through the connection's one lock
-and is shielded, so a cancelled task never leaves half a frame on the wire.
+that reads into the connection (a large frame in large pieces), drains
+``next_event()`` and dispatches each request: the few that only look at the
+journal's memory (:data:`INLINE`) are answered by the reader itself, every
+other one gets a task, so a slow WAIT or APPEND never holds up a later READ on
+the same connection (pipelining). Every write goes through the connection's
+one :class:`~journal.rpc.writer.FrameWriter`, which coalesces queued frames and
+is shielded, so a cancelled task never leaves half a frame on the wire.
 A subscription is a task that pushes DATA while it has credit and sleeps on an
 event that CREDIT sets. Protocol errors get a fatal ERROR and close that
 connection only; a failing journal call becomes an ERROR for that request.
-The meaning of each request is in :func:`call`, testable without a socket.
+The meaning of each request is in :func:`call`, testable without a socket; an
+APPEND whose batch is already what ``Journal.append`` would store goes to
+``append_batch`` without being decoded (:func:`_append`).
 """
 
 from __future__ import annotations
@@ -17,18 +22,20 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import trio
 
 from journal.config import StreamConfig
 from journal.errors import (
+    BatchTooLargeError,
     LocalProtocolError,
     RemoteProtocolError,
     StrataError,
 )
 from journal.journal import Journal
-from journal.records import Record
+from journal.records import AppendResult, Record
 from journal.rpc.connection import NEED_DATA, Connection, ConnectionClosed, Role, State
 from journal.rpc.frames import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -72,7 +79,15 @@ from journal.rpc.frames import (
     Wait,
     error_to_response,
 )
-from journal.segments.batch import decode_batch, encode_batch, parse_header
+from journal.rpc.writer import FrameWriter
+from journal.segments.batch import (
+    HEADER_SIZE,
+    check_batch,
+    decode_batch,
+    encode_batch,
+    parse_header,
+    restamp_batch,
+)
 from journal.stats import JournalStatistics, StreamStatistics
 
 __all__ = ["JournalServer", "RpcServerStatistics", "call", "encode_append"]
@@ -80,6 +95,7 @@ __all__ = ["JournalServer", "RpcServerStatistics", "call", "encode_append"]
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 64 << 10
+MAX_RECEIVE_SIZE = 4 << 20  # one read's limit while the rest of a large frame comes in
 WRITE_TIMEOUT = 10.0  # a peer that takes no bytes for this long is dropped
 LINGER = 2.0  # after a fatal ERROR, read and drop for this long so the peer sees it
 # In APPEND, a batch with this producer epoch carries in its producer id the
@@ -87,6 +103,16 @@ LINGER = 2.0  # after a fatal ERROR, read and drop for this long so the peer see
 PLACEHOLDER_EPOCH = 0
 I64_MAX = (1 << 63) - 1
 FRAME_SLACK = 4096  # room for a frame's header and list counts around its batches
+
+
+# Requests answered by the connection's reader itself: read-only, and they only
+# look at the journal's memory, so a task each is not worth it. Should one take
+# longer than INLINE_BUDGET seconds anyway, it is cancelled and re-run in a task
+# (they change nothing, so that is safe). Everything else (WAIT, appends, reads
+# that may reach the object tier, ...) runs in a task of its own, so a slow
+# request never holds up a later one (pipelining).
+INLINE = (ListStreams, GetStreamInfo, GetStatistics, ListSegments)
+INLINE_BUDGET = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +144,7 @@ async def call(journal: Journal, req: Request, max_bytes: int) -> Response:
             res = await journal.append_batch(req.stream, req.batch)
             return Appended(rid, res.base_offset, res.last_offset)
         case Append():
-            # the client encoded the records as one batch; Journal.append re-splits
-            # them by the stream's max_batch_bytes as it does in-process, and
-            # stamps the records that were sent without a timestamp
-            header, records = decode_batch(req.batch)
-            if header.producer_epoch == PLACEHOLDER_EPOCH:
-                for record in records:
-                    if record.timestamp == header.producer_id:
-                        record.timestamp = None
-            res = await journal.append(req.stream, records)
+            res = await _append(journal, req.stream, req.batch)
             return Appended(rid, res.base_offset, res.last_offset)
         case ReadBatches():
             size = min(req.max_bytes, max_bytes)
@@ -157,54 +175,83 @@ async def call(journal: Journal, req: Request, max_bytes: int) -> Response:
     raise LocalProtocolError(f"no handler for {type(req).__name__}")
 
 
+async def _append(journal: Journal, stream: str, batch: bytes) -> AppendResult:
+    """APPEND: store the records the client encoded as ``Journal.append`` would.
+
+    The fast path hands the client's batch to ``append_batch`` as it is: when
+    it is exactly what ``Journal.append`` would encode from its records (the
+    header of :func:`encode_append`'s output, and either every record with its
+    own timestamp or every record without one, then restamped with the
+    journal's clock), and when it fits the stream's ``max_batch_bytes``. Any
+    other batch is decoded into records for ``Journal.append``, which splits
+    it by ``max_batch_bytes`` and stamps the records sent without a timestamp.
+    Both paths store the same bytes.
+    """
+    raw: bytes | bytearray | None = None
+    header = parse_header(batch, 0) if len(batch) >= HEADER_SIZE else None
+    if (
+        header is not None
+        and header.size == len(batch)
+        and header.record_count >= 1
+        and (header.base_offset, header.partition_leader_epoch, header.attributes) == (0, -1, 0)
+        and header.base_sequence == -1
+    ):
+        if (header.producer_id, header.producer_epoch) == (-1, -1):
+            raw = batch  # every record has its timestamp
+        elif header.producer_epoch == PLACEHOLDER_EPOCH and header.producer_id in (
+            header.base_timestamp,
+            header.max_timestamp,
+        ):
+            check_batch(batch)  # restamping recomputes the CRC: check the sender's first
+            raw = restamp_batch(batch, header, journal.now_ms())
+    if raw is not None:
+        with suppress(BatchTooLargeError):  # raised before anything is stored
+            return await journal.append_batch(stream, raw)
+    header, records = decode_batch(batch)
+    if header.producer_epoch == PLACEHOLDER_EPOCH:
+        for record in records:
+            if record.timestamp == header.producer_id:
+                record.timestamp = None
+    return await journal.append(stream, records)
+
+
 class _Peer:
-    """One accepted connection: its socket, state machine, write lock and subscriptions."""
+    """One accepted connection: its socket, state machine, writer and subscriptions."""
 
     def __init__(self, stream: trio.SocketStream, conn: Connection, server: JournalServer) -> None:
         self.stream = stream
         self.conn = conn
         self.server = server
-        self.lock = trio.Lock()
-        self.broken = False
+        self.writer = FrameWriter(stream, timeout=WRITE_TIMEOUT, on_sent=server._count_out)
+        self.closing = False  # the client sent a fatal ERROR
         self.eof = False
         self.subs: dict[int, _Subscription] = {}
 
+    @property
+    def broken(self) -> bool:
+        return self.closing or self.writer.broken
+
     async def send(self, message: Message) -> bool:
         """Write one frame; False if the connection is gone or the frame is not allowed."""
-        async with self.lock:
-            if self.broken or self.conn.state is State.CLOSED:
+        if self.broken or self.conn.state is State.CLOSED:
+            return False
+        try:
+            data = self.conn.send(message)
+        except LocalProtocolError as exc:
+            if exc.code != ErrorCode.FRAME_TOO_LARGE or not isinstance(message, Response):
+                log.warning("not sending %s: %s", type(message).__name__, exc)
                 return False
-            try:
-                data = self.conn.send(message)
-            except LocalProtocolError as exc:
-                if exc.code != ErrorCode.FRAME_TOO_LARGE or not isinstance(message, Response):
-                    log.warning("not sending %s: %s", type(message).__name__, exc)
-                    return False
-                data = self.conn.send(error_to_response(message.request_id, exc))
-            return await self._write(data)
-
-    async def send_raw(self, data: bytes) -> None:
-        async with self.lock:
-            if data and not self.broken:
-                await self._write(data)
-
-    async def _write(self, data: bytes) -> bool:
-        with trio.CancelScope(shield=True), trio.move_on_after(WRITE_TIMEOUT) as scope:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._break()
-                return False
-            self.server._bytes_out += len(data)
-        if scope.cancelled_caught:
-            await self._break()  # half a frame may be on the wire: nothing more can follow
+            data = self.conn.send(error_to_response(message.request_id, exc))
+        try:
+            await self.writer.write(data)
+        except trio.BrokenResourceError:
             return False
         return True
 
-    async def _break(self) -> None:
-        """Mark the connection broken and close the socket, which ends the reader's wait."""
-        self.broken = True
-        await trio.aclose_forcefully(self.stream)
+    async def send_raw(self, data: bytes) -> None:
+        if data and not self.broken:
+            with suppress(trio.BrokenResourceError):
+                await self.writer.write(data)
 
 
 @dataclass(slots=True)
@@ -243,6 +290,9 @@ class JournalServer:
         self._protocol_errors = 0
         self._bytes_in = 0
         self._bytes_out = 0
+
+    def _count_out(self, size: int) -> None:
+        self._bytes_out += size
 
     @property
     def accepting(self) -> bool:
@@ -354,8 +404,10 @@ class JournalServer:
         try:
             event = conn.next_event()
             if event is NEED_DATA:
+                # a large frame is read in large pieces, not 64 KiB at a time
+                size = min(max(RECEIVE_SIZE, conn.missing), MAX_RECEIVE_SIZE)
                 try:
-                    data = await peer.stream.receive_some(RECEIVE_SIZE)
+                    data = await peer.stream.receive_some(size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return False
                 self._bytes_in += len(data)
@@ -388,7 +440,7 @@ class JournalServer:
                 sub.scope.cancel()
         elif isinstance(event, ErrorResponse):  # fatal, from the client: it is closing
             log.info("journal RPC client %s failed: %s", peer.conn.peer_name, event.message)
-            peer.broken = True
+            peer.closing = True
         elif isinstance(event, Request):
             self._requests += 1
             if self._closing:
@@ -399,7 +451,7 @@ class JournalServer:
                 sub = _Subscription(trio.CancelScope(), trio.Event())
                 peer.subs[event.request_id] = sub
                 nursery.start_soon(self._subscription, peer, event, sub)
-            else:
+            elif not isinstance(event, INLINE) or not await self._answer_inline(peer, event):
                 nursery.start_soon(self._answer, peer, event)
 
     async def _answer(self, peer: _Peer, req: Request) -> None:
@@ -407,19 +459,39 @@ class JournalServer:
         if tracked:
             self._busy += 1
         try:
-            try:
-                response: Message = await call(self.journal, req, self._read_budget)
-            except Exception as exc:
-                if not isinstance(exc, StrataError | ValueError):
-                    log.exception("journal RPC %s failed", type(req).__name__)
-                response = error_to_response(req.request_id, exc)
-            await peer.send(response)
+            await peer.send(await self._response(req))
         finally:
             if tracked:
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
                     self._idle = trio.Event()
+
+    async def _answer_inline(self, peer: _Peer, req: Request) -> bool:
+        """Answer a read-only request in the reader; False (nothing sent) if it did not
+        finish within INLINE_BUDGET seconds: it was cancelled and may be re-run."""
+        self._busy += 1
+        try:
+            response: Message | None = None
+            with trio.move_on_after(INLINE_BUDGET):
+                response = await self._response(req)
+            if response is None:
+                return False
+            await peer.send(response)  # outside the budget: a frame is never half-queued
+            return True
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+                self._idle = trio.Event()
+
+    async def _response(self, req: Request) -> Message:
+        try:
+            return await call(self.journal, req, self._read_budget)
+        except Exception as exc:
+            if not isinstance(exc, StrataError | ValueError):
+                log.exception("journal RPC %s failed", type(req).__name__)
+            return error_to_response(req.request_id, exc)
 
     @property
     def _read_budget(self) -> int:

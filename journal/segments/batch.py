@@ -41,6 +41,7 @@ __all__ = [
     "encode_batch",
     "iter_batches",
     "parse_header",
+    "restamp_batch",
     "set_base_offset",
     "validate_batch",
 ]
@@ -158,6 +159,39 @@ def iter_batches(buf: bytes | bytearray | memoryview, pos: int = 0) -> Iterator[
 def set_base_offset(batch: bytearray | memoryview, base_offset: int, pos: int = 0) -> None:
     """Assign offsets to a batch in place; the CRC does not cover these 8 bytes."""
     struct.pack_into(">q", batch, pos, base_offset)
+
+
+def restamp_batch(buf: bytes | bytearray, header: BatchHeader, now_ms: int) -> bytearray | None:
+    """``buf`` with every record's timestamp set to ``now_ms`` and no producer, or None.
+
+    Only for an uncompressed batch whose records all carry its base timestamp
+    (every timestamp delta 0): that is what :func:`encode_batch` writes for
+    records without a timestamp, so the result is byte for byte the batch
+    ``encode_batch(records, now_ms=now_ms)`` gives. None when the batch is not
+    of that shape (the caller decodes it instead). The CRC is recomputed, so
+    check the batch (:func:`check_batch`) before restamping it.
+    """
+    if header.attributes & 0x07 != COMPRESSION_NONE:
+        return None
+    if header.max_timestamp != header.base_timestamp:
+        return None
+    pos, end = HEADER_SIZE, header.size
+    try:
+        for _ in range(header.record_count):
+            # the record's length (varint), then its attributes byte and timestamp delta
+            z = buf[pos]
+            length, pos = ((z >> 1) ^ -(z & 1), pos + 1) if z < 0x80 else _read_varint(buf, pos)
+            if length < 2 or buf[pos + 1] != 0:  # a timestamp delta that is not 0
+                return None
+            pos += length
+    except IndexError:
+        return None
+    if pos != end:
+        return None
+    out = bytearray(buf)
+    struct.pack_into(">qqqh", out, 27, now_ms, now_ms, -1, -1)
+    struct.pack_into(">I", out, 17, crc32c(memoryview(out)[_CRC_START:end]))
+    return out
 
 
 # -- varints ----------------------------------------------------------------
