@@ -36,6 +36,7 @@ from journal.errors import (
     BatchTooLargeError,
     InvalidArgumentError,
     InvalidBatchError,
+    JournalClosedError,
     JournalConnectionLostError,
     JournalUnavailableError,
     LocalProtocolError,
@@ -190,6 +191,7 @@ class RemoteJournal:
         self.request_timeout = request_timeout
         self._link: _Link | None = None
         self._link_up = trio.Event()  # set while a link is up; replaced when it drops
+        self._closed = False  # the connect() block has ended: every call raises
         self._connects = 0
         self._disconnects = 0
         self._requests = 0
@@ -232,6 +234,7 @@ class RemoteJournal:
                     yield client
                 except Exception as exc:  # re-raised outside the nursery, not in a group
                     body_error = exc
+            client._close()
             nursery.cancel_scope.cancel()
         if body_error is not None:
             raise body_error
@@ -244,9 +247,19 @@ class RemoteJournal:
     def connected(self) -> bool:
         return self._link is not None and not self._link.dead
 
+    def _close(self) -> None:
+        """From now on every call raises JournalClosedError, like a closed Journal."""
+        self._closed = True
+        self._link_up.set()  # wake wait_connected(), which then raises
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalClosedError("the remote journal client is closed")
+
     async def wait_connected(self) -> None:
-        """Return once a connection is up (at once if it is)."""
+        """Return once a connection is up (at once if it is); raises once closed."""
         while True:
+            self._check_open()
             link = self._link
             if link is None:
                 await self._link_up.wait()
@@ -342,6 +355,7 @@ class RemoteJournal:
     # ---------------------------------------------------------------- requests
 
     def _current(self) -> _Link:
+        self._check_open()
         link = self._link
         if link is None or link.dead:
             self._retryable_failures += 1
@@ -395,6 +409,11 @@ class RemoteJournal:
         finally:
             link.pending.pop(req.request_id, None)
         answer = pending.answer
+        if self._closed and isinstance(answer, JournalConnectionLostError):
+            answer = JournalClosedError(
+                "the remote journal client was closed before the answer came"
+                + (" (the request may have been applied)" if pending.maybe_applied else "")
+            )
         if isinstance(answer, JournalUnavailableError):
             self._retryable_failures += 1
         if isinstance(answer, BaseException):
@@ -483,6 +502,7 @@ class RemoteJournal:
                 await self._call_on(link, lambda i: Wait(i, name, at), Done, timed=False)
                 return
             except JournalUnavailableError:
+                self._check_open()
                 await link.gone.wait()  # down, or shutting down: try the next connection
 
     async def tail(self, name: str, from_offset: int) -> AsyncGenerator[Record, None]:
@@ -503,6 +523,7 @@ class RemoteJournal:
                         yield record
             except JournalUnavailableError:
                 pass  # the server is shutting down: resume on the next connection
+            self._check_open()
             await link.gone.wait()
 
     async def _subscription(
