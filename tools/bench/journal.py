@@ -95,12 +95,11 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import trio
 
@@ -116,6 +115,7 @@ from tools.bench.common import (
     settle,
     table,
 )
+from tools.bench.tailing import time_tail
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
 
@@ -532,49 +532,20 @@ async def measure_tail(j: Journal, policy: FsyncPolicy, cfg: BenchConfig) -> Tai
     """One sequential appender of single small records, one tail reader; per-offset clocks."""
     name = f"tail-{policy}"
     await j.create_stream(name)
-    records = [Record(value=os.urandom(TAIL_RECORD_BYTES))]
-    n = cfg.tail_max_samples + TAIL_WARMUP
-    sent = [math.nan] * n
-    acked = [math.nan] * n
-    woke = [math.nan] * n
-    progress = {"seen": 0, "target": -1}
-    caught_up = trio.Event()
-
-    async def reader() -> None:
-        tail = cast(AsyncGenerator[Record, None], j.tail(name, 0))
-        async with aclosing(tail):
-            async for rec in tail:
-                now = time.perf_counter()
-                assert rec.offset is not None
-                if rec.offset < n:
-                    woke[rec.offset] = now
-                progress["seen"] += 1
-                if progress["seen"] == progress["target"]:
-                    caught_up.set()
-
-    count = 0
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        await trio.sleep(0.01)  # let the reader park on the empty stream
-        deadline = time.perf_counter() + cfg.tail_seconds
-        while count < n and (count <= TAIL_WARMUP or time.perf_counter() < deadline):
-            t0 = time.perf_counter()
-            res = await j.append(name, records)
-            t1 = time.perf_counter()
-            sent[res.base_offset] = t0
-            acked[res.base_offset] = t1
-            count += 1
-        progress["target"] = count
-        if progress["seen"] >= count:
-            caught_up.set()
-        with trio.move_on_after(5):
-            await caught_up.wait()
-        nursery.cancel_scope.cancel()
+    times = await time_tail(
+        j,
+        name,
+        Record(value=os.urandom(TAIL_RECORD_BYTES)),
+        samples=cfg.tail_max_samples,
+        warmup=TAIL_WARMUP,
+        seconds=cfg.tail_seconds,
+    )
     await j.delete_stream(name)
 
-    idx = range(TAIL_WARMUP, count)
-    missed = sum(1 for i in idx if math.isnan(woke[i]))
-    seen = [i for i in idx if not math.isnan(woke[i])]
+    sent, acked, woke = times.sent, times.acked, times.woke
+    idx = times.samples()
+    seen = times.delivered()
+    missed = len(idx) - len(seen)
     to_wake = sorted(woke[i] - sent[i] for i in seen)
     ack_wake = sorted(woke[i] - acked[i] for i in seen)
     append_lat = sorted(acked[i] - sent[i] for i in idx)

@@ -70,12 +70,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
 
@@ -85,6 +85,7 @@ from journal.rpc.server import JournalServer
 from journal.segments.batch import encode_batch
 from journal.service import JournalService
 from tools.bench.common import MIB, fmt, machine_info, percentile, settle, table
+from tools.bench.tailing import time_tail
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
 
@@ -416,43 +417,12 @@ def _next_offset(batch: bytes) -> int:
 async def tail_latency(
     svc: JournalService, name: str, seconds: float, samples: int
 ) -> tuple[dict[str, float], int]:
-    records = _small_record()
-    n = samples + TAIL_WARMUP
-    sent = [math.nan] * n
-    woke = [math.nan] * n
-    progress = {"seen": 0, "target": -1}
-    caught_up = trio.Event()
-
-    async def reader() -> None:
-        tail = cast(AsyncGenerator[Record, None], svc.tail(name, 0))
-        async with aclosing(tail):
-            async for rec in tail:
-                now = trio.current_time()
-                assert rec.offset is not None
-                if rec.offset < n:
-                    woke[rec.offset] = now
-                progress["seen"] += 1
-                if progress["seen"] == progress["target"]:
-                    caught_up.set()
-
-    count = 0
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        await trio.sleep(0.05)  # let the reader subscribe and park on the empty stream
-        deadline = time.perf_counter() + seconds
-        while count < n and (count <= TAIL_WARMUP or time.perf_counter() < deadline):
-            t0 = trio.current_time()
-            res = await svc.append(name, records)
-            sent[res.base_offset] = t0
-            count += 1
-        progress["target"] = count
-        if progress["seen"] >= count:
-            caught_up.set()
-        with trio.move_on_after(5):
-            await caught_up.wait()
-        nursery.cancel_scope.cancel()
-    lat = sorted(woke[i] - sent[i] for i in range(TAIL_WARMUP, count) if not math.isnan(woke[i]))
-    missed = count - TAIL_WARMUP - len(lat)
+    times = await time_tail(
+        svc, name, _small_record()[0], samples=samples, warmup=TAIL_WARMUP, seconds=seconds
+    )
+    delivered = times.delivered()
+    lat = sorted(times.woke[i] - times.sent[i] for i in delivered)
+    missed = len(times.samples()) - len(delivered)
     if missed:
         print(f"tail: {missed} records never delivered", file=sys.stderr, flush=True)
     return {"p50 µs": percentile(lat, 0.5) * 1e6, "p99 µs": percentile(lat, 0.99) * 1e6}, len(lat)
