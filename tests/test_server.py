@@ -360,3 +360,25 @@ def test_cli_reports_an_unreachable_server_plainly(tmp_path: Path) -> None:
     assert listed.returncode == 1
     assert "cannot reach the admin API" in listed.stderr
     assert "Traceback" not in listed.stderr
+
+
+def test_sigkill_of_the_all_in_one_server_keeps_every_acknowledged_record(tmp_path: Path) -> None:
+    """The default fsync policy (interval): a 200 means durable, even under SIGKILL."""
+    with StrataProcess(tmp_path / "data") as server:
+        server.wait_ready()
+        with server.http() as http:
+            http.post("/api/v1/streams", json={"name": "events"}).raise_for_status()
+        producer = _Producer(server.admin, "events")
+        producer.thread.start()
+        poll(lambda: len(producer.acked) >= 300)
+        server.kill()
+        producer.thread.join(timeout=60)
+        acked = list(producer.acked)
+        assert producer.errors, "the producer should have seen the server go away"
+    with StrataProcess(tmp_path / "data") as again:
+        again.wait_ready()
+        with again.http() as http:
+            stored = [r["value"] for r in _consume(http, "events")]
+    assert len(stored) == len(set(stored))
+    assert set(acked) <= set(stored)
+    assert len(stored) - len(acked) <= 5  # at most the one batch in flight at the kill
