@@ -318,7 +318,7 @@ def _status_table(doc: Any) -> list[str]:
     lines += table([("listener", -16), ("state", -10)], rows)
     lines.append("")
     for key, value in journal.items():
-        shown = human_size(value) if key.endswith("bytes") and isinstance(value, int) else value
+        shown = human_size(value) if "bytes" in key and isinstance(value, int) else value
         lines.append(f"  {key.replace('_', ' ')}: {shown}")
     return lines
 
@@ -338,9 +338,10 @@ def _streams_table(doc: Any) -> list[str]:
 
 
 def _describe_table(doc: Any) -> list[str]:
+    first, after = doc["first_offset"], doc["next_offset"]
+    held = f"offsets {first}..{after - 1}" if after > first else f"empty, next offset {after}"
     lines = [
-        f"{doc['name']}: offsets {doc['first_offset']}..{doc['next_offset'] - 1}, "
-        f"{human_size(doc['size_bytes'])}",
+        f"{doc['name']}: {held}, {human_size(doc['size_bytes'])}",
         "",
         "settings:",
     ]
