@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +15,7 @@ from tools.text import table
 
 __all__ = [
     "MIB",
+    "announce",
     "fmt",
     "json_rows",
     "machine_info",
@@ -126,3 +128,13 @@ def json_rows(items: Sequence[Any], *derived: str) -> list[dict[str, Any]]:
         d.update({name: getattr(item, name) for name in derived})
         out.append(d)
     return out
+
+
+def announce(title: str, machine: dict[str, Any], root: Path) -> None:
+    """The one line on stderr that says what runs where, before a benchmark starts."""
+    print(
+        f"{title}: nproc {machine['nproc']}, CPU {machine['cpu_model']}, "
+        f"{machine['python']}; writing under {root}",
+        file=sys.stderr,
+        flush=True,
+    )

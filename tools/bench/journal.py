@@ -107,6 +107,7 @@ from journal import FsyncPolicy, Journal, Record, StreamConfig
 from journal.segments.batch import encode_batch
 from tools.bench.common import (
     MIB,
+    announce,
     fmt,
     json_rows,
     machine_info,
@@ -819,12 +820,7 @@ def main(
     settings["shapes"] = [shape.label for shape in cfg.shapes]
     settings["directory"] = str(root)
     report = Report(machine=machine_info(root), settings=settings)
-    print(
-        f"journal benchmark: nproc {report.machine['nproc']}, CPU {report.machine['cpu_model']}, "
-        f"{report.machine['python']}; writing under {root}",
-        file=sys.stderr,
-        flush=True,
-    )
+    announce("journal benchmark", report.machine, root)
     started = time.perf_counter()
     try:
         trio.run(run, root, cfg, report)

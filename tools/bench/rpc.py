@@ -84,7 +84,7 @@ from journal.remote import RemoteJournal
 from journal.rpc.server import JournalServer
 from journal.segments.batch import encode_batch
 from journal.service import JournalService
-from tools.bench.common import MIB, fmt, machine_info, percentile, settle, table
+from tools.bench.common import MIB, announce, fmt, machine_info, percentile, settle, table
 from tools.bench.tailing import time_tail
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
@@ -756,12 +756,7 @@ def main(
     settings = asdict(cfg)
     settings["directory"] = str(root)
     report = Report(machine=machine_info(root), settings=settings)
-    print(
-        f"journal RPC benchmark: nproc {report.machine['nproc']}, "
-        f"CPU {report.machine['cpu_model']}, {report.machine['python']}; writing under {root}",
-        file=sys.stderr,
-        flush=True,
-    )
+    announce("journal RPC benchmark", report.machine, root)
     started = time.perf_counter()
     try:
         trio.run(run, root, cfg, report)

@@ -109,6 +109,7 @@ from journal.segments.batch import encode_batch
 from journal.tiering.cache import DEFAULT_BLOCK
 from tools.bench.common import (
     MIB,
+    announce,
     fmt,
     json_rows,
     machine_info,
@@ -919,12 +920,7 @@ def main(
     settings["batch_bytes"] = len(make_batch())
     settings["directory"] = str(root)
     report = Report(machine=machine_info(root), settings=settings)
-    print(
-        f"tiering benchmark: nproc {report.machine['nproc']}, CPU {report.machine['cpu_model']}, "
-        f"{report.machine['python']}; writing under {root}",
-        file=sys.stderr,
-        flush=True,
-    )
+    announce("tiering benchmark", report.machine, root)
     started = time.perf_counter()
     try:
         with start_moto() as server:
