@@ -49,6 +49,7 @@ log = logging.getLogger("strata")
 
 VERSION = "0.1.0"
 REMOTE_CONNECT_TIMEOUT = 60.0  # seconds a broker waits for its journal server at start
+REMOTE_REQUEST_TIMEOUT = 30.0  # a journal server that answers nothing for this long is stuck
 EXIT_FORCED = 130
 
 
@@ -160,7 +161,10 @@ class StrataServer:
         self._say(f"strata: connecting to the journal server at {remote}")
         self._remote = await stack.enter_async_context(
             RemoteJournal.connect(
-                remote, name=f"strata {VERSION} broker", connect_timeout=REMOTE_CONNECT_TIMEOUT
+                remote,
+                name=f"strata {VERSION} broker",
+                connect_timeout=REMOTE_CONNECT_TIMEOUT,
+                request_timeout=REMOTE_REQUEST_TIMEOUT,
             )
         )
         return self._remote
