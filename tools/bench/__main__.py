@@ -1,4 +1,4 @@
-"""Command line of the benchmarks: ``python -m tools.bench journal|tiering|rpc [--quick] ...``.
+"""Command line of the benchmarks: ``python -m tools.bench journal|tiering|rpc|mqtt [--quick] ...``.
 
 Also installed as the ``strata-bench`` script.
 """
@@ -135,6 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the server in a child process (`strata start --role journal`)",
     )
     rp.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+    mp = sub.add_parser(
+        "mqtt",
+        help="MQTT load (fan-in, fan-out, QoS 1, rate sweep, latency, broker CPU, memory per "
+        "idle connection) against Mosquitto and StrataMQ, brokers started by the benchmark",
+        description="MQTT benchmark; see the docstring of tools/bench/mqtt.py.",
+    )
+    mp.add_argument("--quick", action="store_true", help="a demo run of under 45 seconds")
+    mp.add_argument(
+        "--target",
+        choices=("mosquitto", "strata", "both"),
+        default="both",
+        help="which brokers to start and load (default both; an unavailable one is skipped)",
+    )
+    mp.add_argument(
+        "--strata-command",
+        default=None,
+        help="how to start strata, with {python}, {data_dir} and {port} placeholders "
+        "(default: '{python} -m tools.strata.cli start --data-dir {data_dir}'); "
+        "STRATA_MQTT_PORT is set to the chosen port, the other STRATA_*_PORT to 0",
+    )
+    mp.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
 
 
@@ -169,6 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             quick=args.quick,
             directory=args.dir,
             server_process=not args.no_server_process,
+            json_path=args.json,
+        )
+    if args.command == "mqtt":
+        from tools.bench import mqtt
+
+        return mqtt.main(
+            quick=args.quick,
+            target=args.target,
+            strata_command=args.strata_command,
             json_path=args.json,
         )
     raise AssertionError(args.command)  # argparse refuses unknown subcommands
