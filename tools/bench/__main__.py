@@ -35,6 +35,22 @@ def _concurrency_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _common_options(
+    parser: argparse.ArgumentParser, quick_help: str, *, scratch_dir: bool = True
+) -> None:
+    """--quick, --json and (for benchmarks that write files) --dir."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    if scratch_dir:
+        parser.add_argument(
+            "--dir",
+            type=Path,
+            default=None,
+            help="write under this directory (in a fresh subdirectory, removed afterwards); "
+            "default: a temporary directory under the current directory",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench", description="StrataMQ benchmarks."
@@ -45,18 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="journal append/read/tail throughput and latency vs the raw disk rate",
         description="Journal benchmark; see the docstring of tools/bench/journal.py.",
     )
-    jp.add_argument(
-        "--quick",
-        action="store_true",
-        help="a demo run of a few seconds (tiny budgets, 64 KiB x 1000 skipped)",
-    )
-    jp.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help="write under this directory (in a fresh subdirectory, removed afterwards); "
-        "default: a temporary directory under the current directory",
-    )
+    _common_options(jp, "a demo run of a few seconds (tiny budgets, 64 KiB x 1000 skipped)")
     jp.add_argument(
         "--seconds",
         type=_positive_float,
@@ -81,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="fsync interval of the 'interval' policy and its raw reference (default 5)",
     )
-    jp.add_argument("--json", type=Path, default=None, help="also write the results here")
 
     tp = sub.add_parser(
         "tiering",
@@ -89,16 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against plain copies and local reads (starts its own moto S3 server)",
         description="Tiering benchmark; see the docstring of tools/bench/tiering.py.",
     )
-    tp.add_argument(
-        "--quick", action="store_true", help="a demo run of a few seconds (4 x 4 MiB segments)"
-    )
-    tp.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help="write under this directory (in a fresh subdirectory, removed afterwards); "
-        "default: a temporary directory under the current directory",
-    )
+    _common_options(tp, "a demo run of a few seconds (4 x 4 MiB segments)")
     tp.add_argument(
         "--segment-mib",
         type=_positive_int,
@@ -111,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sealed segments migrated per object tier (default 8, or 4 with --quick)",
     )
-    tp.add_argument("--json", type=Path, default=None, help="also write the results here")
 
     rp = sub.add_parser(
         "rpc",
@@ -119,22 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and through RemoteJournal over loopback TCP (server in this process and in a child)",
         description="Journal RPC benchmark; see the docstring of tools/bench/rpc.py.",
     )
-    rp.add_argument(
-        "--quick", action="store_true", help="a demo run of under 15 seconds (tiny budgets)"
-    )
-    rp.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help="write under this directory (in a fresh subdirectory, removed afterwards); "
-        "default: a temporary directory under the current directory",
-    )
+    _common_options(rp, "a demo run of under 15 seconds (tiny budgets)")
     rp.add_argument(
         "--no-server-process",
         action="store_true",
         help="skip the server in a child process (`strata start --role journal`)",
     )
-    rp.add_argument("--json", type=Path, default=None, help="also write the results here")
 
     mp = sub.add_parser(
         "mqtt",
@@ -142,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "idle connection) against Mosquitto and StrataMQ, brokers started by the benchmark",
         description="MQTT benchmark; see the docstring of tools/bench/mqtt.py.",
     )
-    mp.add_argument("--quick", action="store_true", help="a demo run of under 45 seconds")
+    _common_options(mp, "a demo run of under 45 seconds", scratch_dir=False)
     mp.add_argument(
         "--target",
         choices=("mosquitto", "strata", "both"),
@@ -156,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: '{python} -m tools.strata.cli start --data-dir {data_dir}'); "
         "STRATA_MQTT_PORT is set to the chosen port, the other STRATA_*_PORT to 0",
     )
-    mp.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
 
 
