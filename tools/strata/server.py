@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from importlib.metadata import version
 
 import trio
 
@@ -47,7 +48,7 @@ __all__ = ["VERSION", "Listening", "StrataServer", "run"]
 
 log = logging.getLogger("strata")
 
-VERSION = "0.1.0"
+VERSION = version("stratamq")  # the installed distribution (pyproject.toml)
 REMOTE_CONNECT_TIMEOUT = 60.0  # seconds a broker waits for its journal server at start
 REMOTE_REQUEST_TIMEOUT = 30.0  # a journal server that answers nothing for this long is stuck
 EXIT_FORCED = 130
@@ -60,10 +61,14 @@ class Listening:
     addresses: dict[str, str] = field(default_factory=dict)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # the listening/ready lines are read by supervisors and tests
+
+
 class StrataServer:
     """The services of one process, started by :meth:`run` in a nursery."""
 
-    def __init__(self, config: Config, *, say: Callable[[str], None] = print) -> None:
+    def __init__(self, config: Config, *, say: Callable[[str], None] = _say) -> None:
         self.config = config
         self.listening = Listening()
         self._say = say
