@@ -1,4 +1,5 @@
-"""MQTT 3.1.1 and 5.0 front end: for now the sans-I/O codec and topic utilities.
+"""MQTT 3.1.1 and 5.0 front end: for now the sans-I/O codec, topic utilities
+and the subscription index.
 
 ``encode(packet, version)`` turns a packet into bytes; a :class:`PacketReader`
 turns bytes into packets. Errors are :class:`MqttProtocolError` (the peer) and
@@ -52,6 +53,7 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .subscriptions import SubscriptionIndex
 from .topics import matches, parse_shared, validate_topic_filter, validate_topic_name
 
 __all__ = [
@@ -92,6 +94,7 @@ __all__ = [
     "Suback",
     "Subscribe",
     "Subscription",
+    "SubscriptionIndex",
     "Unsuback",
     "Unsubscribe",
     "Will",
