@@ -352,7 +352,7 @@ def test_paho_packets_decode_and_match(version: int, monkeypatch: pytest.MonkeyP
 def test_paho_subscribe_unsubscribe(version: int, monkeypatch: pytest.MonkeyPatch) -> None:
     client, sent = _paho_capture(version, monkeypatch)
     if version == MQTT_5:
-        opts: Any = pytest.importorskip("paho.mqtt.subscribeoptions")
+        opts: Any = importlib.import_module("paho.mqtt.subscribeoptions")
         topics: list[tuple[bytes, Any]] = [
             (b"a/+", opts.SubscribeOptions(qos=1, noLocal=True, retainHandling=1)),
             (b"#", opts.SubscribeOptions(qos=2)),
@@ -370,8 +370,8 @@ def test_paho_subscribe_unsubscribe(version: int, monkeypatch: pytest.MonkeyPatc
 
 def test_paho_v5_properties(monkeypatch: pytest.MonkeyPatch) -> None:
     client, sent = _paho_capture(MQTT_5, monkeypatch)
-    props_mod: Any = pytest.importorskip("paho.mqtt.properties")
-    types_mod: Any = pytest.importorskip("paho.mqtt.packettypes")
+    props_mod: Any = importlib.import_module("paho.mqtt.properties")
+    types_mod: Any = importlib.import_module("paho.mqtt.packettypes")
     props = props_mod.Properties(types_mod.PacketTypes.PUBLISH)
     props.PayloadFormatIndicator = 1
     props.MessageExpiryInterval = 60

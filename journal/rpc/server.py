@@ -2,10 +2,9 @@
 
 How it works. ``serve`` owns one nursery; each accepted socket gets a task
 that reads into the connection (a large frame in large pieces), drains
-``next_event()`` and dispatches each request: the few that only look at the
-journal's memory (:data:`INLINE`) are answered by the reader itself, every
-other one gets a task, so a slow WAIT or APPEND never holds up a later READ on
-the same connection (pipelining). Every write goes through the connection's
+``next_event()`` and dispatches each request to a task of its own, so a slow
+WAIT or APPEND never holds up a later READ on the same connection
+(pipelining). Every write goes through the connection's
 one :class:`~journal.rpc.writer.FrameWriter`, which coalesces queued frames and
 is shielded, so a cancelled task never leaves half a frame on the wire.
 A subscription is a task that pushes DATA while it has credit and sleeps on an
@@ -103,16 +102,6 @@ LINGER = 2.0  # after a fatal ERROR, read and drop for this long so the peer see
 PLACEHOLDER_EPOCH = 0
 I64_MAX = (1 << 63) - 1
 FRAME_SLACK = 4096  # room for a frame's header and list counts around its batches
-
-
-# Requests answered by the connection's reader itself: read-only, and they only
-# look at the journal's memory, so a task each is not worth it. Should one take
-# longer than INLINE_BUDGET seconds anyway, it is cancelled and re-run in a task
-# (they change nothing, so that is safe). Everything else (WAIT, appends, reads
-# that may reach the object tier, ...) runs in a task of its own, so a slow
-# request never holds up a later one (pipelining).
-INLINE = (ListStreams, GetStreamInfo, GetStatistics, ListSegments)
-INLINE_BUDGET = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +440,7 @@ class JournalServer:
                 sub = _Subscription(trio.CancelScope(), trio.Event())
                 peer.subs[event.request_id] = sub
                 nursery.start_soon(self._subscription, peer, event, sub)
-            elif not isinstance(event, INLINE) or not await self._answer_inline(peer, event):
+            else:
                 nursery.start_soon(self._answer, peer, event)
 
     async def _answer(self, peer: _Peer, req: Request) -> None:
@@ -466,24 +455,6 @@ class JournalServer:
                 if not self._busy:
                     self._idle.set()
                     self._idle = trio.Event()
-
-    async def _answer_inline(self, peer: _Peer, req: Request) -> bool:
-        """Answer a read-only request in the reader; False (nothing sent) if it did not
-        finish within INLINE_BUDGET seconds: it was cancelled and may be re-run."""
-        self._busy += 1
-        try:
-            response: Message | None = None
-            with trio.move_on_after(INLINE_BUDGET):
-                response = await self._response(req)
-            if response is None:
-                return False
-            await peer.send(response)  # outside the budget: a frame is never half-queued
-            return True
-        finally:
-            self._busy -= 1
-            if not self._busy:
-                self._idle.set()
-                self._idle = trio.Event()
 
     async def _response(self, req: Request) -> Message:
         try:
