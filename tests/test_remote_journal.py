@@ -8,20 +8,17 @@ bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
+from rpc_support import HOST, TIMEOUT, Running, eventually, remote_tail, start_server, values
 
 from journal import (
     BatchTooLargeError,
     InvalidBatchError,
-    Journal,
     JournalConnectionLostError,
     JournalStatistics,
     JournalUnavailableError,
@@ -33,45 +30,7 @@ from journal import (
 )
 from journal.records import AppendResult
 from journal.remote import RemoteJournal
-from journal.rpc.server import JournalServer
 from journal.segments.batch import encode_batch
-
-HOST = "127.0.0.1"
-TIMEOUT = 10
-
-
-@dataclass
-class Running:
-    """A journal server started by :func:`start_server`; ``kill`` stops it abruptly."""
-
-    server: JournalServer
-    journal: Journal
-    port: int
-    scope: trio.CancelScope
-    stopped: trio.Event
-
-    async def kill(self) -> None:
-        self.scope.cancel()
-        await self.stopped.wait()
-
-
-async def start_server(nursery: trio.Nursery, path: Path, port: int = 0, **options: Any) -> Running:
-    """Open the journal in ``path`` and serve it on ``port`` (0: a free one)."""
-    scope = trio.CancelScope()
-    stopped = trio.Event()
-
-    async def run(task_status: trio.TaskStatus[Running]) -> None:
-        try:
-            with scope:
-                async with Journal.open(path) as journal, trio.open_nursery() as inner:
-                    server = JournalServer(journal, **options)
-                    bound = await inner.start(partial(server.serve, HOST, port))
-                    task_status.started(Running(server, journal, bound, scope, stopped))
-        finally:
-            stopped.set()
-
-    running: Running = await nursery.start(run)
-    return running
 
 
 @pytest.fixture
@@ -83,23 +42,6 @@ async def served(nursery: trio.Nursery, tmp_path: Path) -> Running:
 async def client(served: Running) -> AsyncIterator[RemoteJournal]:
     async with RemoteJournal.connect((HOST, served.port), backoff=(0.01, 0.05)) as remote:
         yield remote
-
-
-def remote_tail(remote: RemoteJournal, name: str, offset: int) -> AsyncGenerator[Record, None]:
-    gen = remote.tail(name, offset)
-    assert isinstance(gen, AsyncGenerator)
-    return gen
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait (bounded) for ``check`` to hold, yielding to other tasks between tries."""
-    with trio.fail_after(TIMEOUT):
-        while not await check():
-            await trio.lowlevel.checkpoint()
-
-
-def values(records: list[Record]) -> list[bytes | None]:
-    return [r.value for r in records]
 
 
 # ---------------------------------------------------------------- the basics

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_remote_journal import HOST, TIMEOUT, Running, eventually, start_server, values
+from rpc_support import HOST, TIMEOUT, Running, eventually, start_server, values
 
 from journal import (
     Journal,
