@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import fsspec
 import trio
+
+from journal.errors import ObjectStoreError
 
 __all__ = ["ObjectStore", "S3Proxy", "endpoint_port"]
 
@@ -362,3 +365,31 @@ def _error_response(status: int) -> bytes:
         "\r\n"
     ).encode("latin-1")
     return head + body
+
+
+T = TypeVar("T")
+
+
+def break_store(proxy: S3Proxy, how: str) -> None:
+    """Break the store behind ``proxy``: "cut", "blackhole" or "fail_with_<status>"."""
+    if how == "cut":
+        proxy.cut()
+    elif how == "blackhole":
+        proxy.blackhole()
+    else:
+        proxy.fail_with(int(how.removeprefix("fail_with_")))
+
+
+async def eventually(call: Callable[[], Awaitable[T]], within: float) -> T:
+    """``call()`` once it succeeds, retried on ObjectStoreError for at most ``within`` s.
+
+    After an outage, calls abandoned at their timeout may still hold threads
+    for a while (and the first call of a fresh S3 client can time out on a
+    loaded machine); what must hold is that the store works again, not how soon.
+    """
+    with trio.fail_after(within):
+        while True:
+            try:
+                return await call()
+            except ObjectStoreError:
+                await trio.lowlevel.checkpoint()

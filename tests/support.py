@@ -1,9 +1,13 @@
-"""Small helpers the journal tests share: reading a whole stream, taking from a tail."""
+"""Small helpers the journal tests share: reading a whole stream, taking from a tail,
+waiting for background work."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+import pytest
+import trio
 
 from journal import Journal, Record
 from journal.service import JournalService
@@ -52,3 +56,15 @@ async def take(gen: AsyncIterator[Record], n: int) -> list[Record]:
         if len(out) == n:
             break
     return out
+
+
+async def wait_until(
+    condition: Callable[[], bool], what: str, *, within: float, interval: float = 0.01
+) -> None:
+    """Poll ``condition`` (state that background tasks change) for at most ``within`` s."""
+    with trio.move_on_after(within):
+        while True:
+            if condition():
+                return
+            await trio.sleep(interval)
+    pytest.fail(f"not within {within:g} s: {what}")

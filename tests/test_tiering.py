@@ -45,7 +45,7 @@ import pytest
 import trio
 import trio.lowlevel
 from objectstores import ObjectStore
-from support import read_all, tail, take
+from support import read_all, tail, take, wait_until
 
 from journal import (
     CorruptSegmentError,
@@ -195,17 +195,6 @@ def _config(**settings: Any) -> StreamConfig:
     return StreamConfig(**settings)
 
 
-async def _poll_until(
-    condition: Callable[[], bool], *, limit: float = _DEADLINE, interval: float = 0.002
-) -> None:
-    """Poll ``condition`` until it holds; ``trio.TooSlowError`` after ``limit`` s."""
-    with trio.fail_after(limit):
-        while True:
-            if condition():
-                return
-            await trio.sleep(interval)
-
-
 def _tiering(j: Journal) -> TieringStatistics:
     stats = j.statistics().tiering
     assert stats is not None
@@ -325,7 +314,12 @@ async def test_migration_under_load(tmp_path: Path, object_store: ObjectStore) -
                 # is due for migration. So at most one segment beyond the local
                 # retention is ever sealed (an append rolls at most once, and the
                 # two appenders' in-flight appends cannot fill a fresh segment).
-                await _poll_until(lambda: not j.statistics(NAME).migration_backlog_segments)
+                await wait_until(
+                    lambda: not j.statistics(NAME).migration_backlog_segments,
+                    "the migration backlog drains",
+                    within=_DEADLINE,
+                    interval=0.002,
+                )
                 record = _load_record(a, seq)
                 result = await j.append(NAME, [record])
                 acked[result.base_offset] = dataclasses.replace(

@@ -30,15 +30,14 @@ What is covered:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import trio
-from objectstores import ObjectStore, S3Proxy
-from support import read_all
+from objectstores import ObjectStore, S3Proxy, break_store, eventually
+from support import read_all, wait_until
 
 from journal import (
     Journal,
@@ -50,7 +49,6 @@ from journal import (
     TieringStatistics,
 )
 
-T = TypeVar("T")
 
 NAME = "events"
 SEGMENT_BYTES = 16 << 10
@@ -102,30 +100,6 @@ async def append(j: Journal, start: int, count: int, per_append: int = 4) -> lis
     return [fields(record(i)) for i in range(start, start + count)]
 
 
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds, for at most DEADLINE seconds."""
-    with trio.move_on_after(DEADLINE):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.01)
-    pytest.fail(f"not within {DEADLINE:g} s: {what}")
-
-
-async def eventually(call: Callable[[], Awaitable[T]]) -> T:
-    """``call()`` once it stops raising ObjectStoreError, for at most DEADLINE seconds.
-
-    After an outage, calls abandoned at their timeout may still hold threads
-    for a while; what must hold is that the journal works again, not how soon.
-    """
-    with trio.fail_after(DEADLINE):
-        while True:
-            try:
-                return await call()
-            except ObjectStoreError:
-                await trio.lowlevel.checkpoint()
-
-
 async def drain(j: Journal) -> None:
     """Run migration passes until nothing is local or in the trash (test-driven passes)."""
     with trio.fail_after(DEADLINE):
@@ -148,15 +122,6 @@ def local_logs(path: Path) -> set[str]:
     return {p.name for p in (path / "streams").glob("*/*.log")}
 
 
-def break_store(proxy: S3Proxy, how: str) -> None:
-    if how == "cut":
-        proxy.cut()
-    elif how == "blackhole":
-        proxy.blackhole()
-    else:
-        proxy.fail_with(int(how.removeprefix("fail_with_")))
-
-
 @pytest.mark.parametrize("how", ["cut", "fail_with_500", "blackhole"])
 async def test_outage_keeps_appends_and_local_reads_then_recovers(
     tmp_path: Path, s3_store: ObjectStore, s3_proxy: S3Proxy, how: str
@@ -169,6 +134,7 @@ async def test_outage_keeps_appends_and_local_reads_then_recovers(
         await wait_until(
             lambda: len(in_tier(j, "object")) >= 2 and not in_tier(j, "local"),
             "the first sealed segments migrate",
+            within=DEADLINE,
         )
         migrated = in_tier(j, "object")
         before = tiering(j)
@@ -181,6 +147,7 @@ async def test_outage_keeps_appends_and_local_reads_then_recovers(
                 and tiering(j).backlog_segments > 0
             ),
             "migration fails and a backlog builds",
+            within=DEADLINE,
         )
         stats = tiering(j)
         assert stats.last_error is not None
@@ -219,12 +186,13 @@ async def test_outage_keeps_appends_and_local_reads_then_recovers(
                 and tiering(j).trash_pending == 0
             ),
             "the backlog and the trash drain after the store is back",
+            within=DEADLINE,
         )
         assert tiering(j).uploads >= before.uploads + len(stranded)
         assert local_logs(path) == {f"{j.segments(NAME)[-1].base_offset:020d}.log"}
         sealed_local = sum(s.size_bytes for s in j.segments(NAME)[:-1] if s.tier != "object")
         assert sealed_local == 0  # local_retention_bytes
-        got = await eventually(lambda: read_all(j, NAME))
+        got = await eventually(lambda: read_all(j, NAME), DEADLINE)
         assert [r.offset for r in got] == list(range(len(expected)))
         assert [fields(r) for r in got] == expected
 
@@ -335,5 +303,5 @@ async def test_cold_read_after_reopen_during_outage_names_the_segment(
         assert caught.value.segment == first.key
         assert caught.value.stream == NAME
         s3_proxy.restore()
-        records = await eventually(lambda: j.read(NAME, first.base_offset))
+        records = await eventually(lambda: j.read(NAME, first.base_offset), DEADLINE)
         assert fields(records[0]) == fields(record(first.base_offset))

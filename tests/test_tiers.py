@@ -33,18 +33,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import fsspec
 import pytest
 import trio
 import trio.testing
-from objectstores import ObjectStore, S3Proxy
+from objectstores import ObjectStore, S3Proxy, break_store, eventually
 
 from journal.errors import ObjectStoreError
 from journal.tiering import CachedTier, LocalTier, MemoryTier, ObjectTier, Tier
 
-T = TypeVar("T")
 
 DATA = bytes(range(256)) * 4  # 1 KiB, every byte value, no repeating 4-byte window within 256
 SMALL_BLOCK = 64  # cache blocks small enough that ranges of DATA span several
@@ -476,39 +474,15 @@ class TestCachedTierBehaviour:
 # -- object store outages ---------------------------------------------------------
 
 
-def break_store(proxy: S3Proxy, how: str) -> None:
-    if how == "cut":
-        proxy.cut()
-    elif how == "blackhole":
-        proxy.blackhole()
-    else:
-        proxy.fail_with(int(how.removeprefix("fail_with_")))
-
-
-async def eventually(call: Callable[[], Awaitable[T]]) -> T:
-    """``call()`` once it succeeds, retried on ObjectStoreError for at most HANG_BOUND s.
-
-    With a 1 s timeout, the first call of a fresh S3 client (or one made while
-    calls abandoned during an outage still hold threads) can time out on a
-    loaded machine; what must hold is that the store works again, not how soon.
-    """
-    with trio.fail_after(HANG_BOUND):
-        while True:
-            try:
-                return await call()
-            except ObjectStoreError:
-                await trio.lowlevel.checkpoint()
-
-
 @pytest.mark.parametrize("how", ["cut", "blackhole", "fail_with_503", "fail_with_500"])
 async def test_object_tier_outage_raises_then_recovers(
     s3_store: ObjectStore, s3_proxy: S3Proxy, how: str
 ) -> None:
     store = s3_store.through(s3_proxy.endpoint)
     tier = ObjectTier(store.url, store.options, timeout=TIMEOUT)
-    await eventually(lambda: tier.put("before", DATA))
+    await eventually(lambda: tier.put("before", DATA), HANG_BOUND)
     # pooled keep-alive connections are open now: the outage must reach them too
-    assert await eventually(lambda: tier.get("before", 0, 100)) == DATA[:100]
+    assert await eventually(lambda: tier.get("before", 0, 100), HANG_BOUND) == DATA[:100]
     break_store(s3_proxy, how)
     with trio.fail_after(HANG_BOUND), pytest.raises(ObjectStoreError, match="object store"):
         await tier.get("before", 0, 100)
@@ -517,7 +491,7 @@ async def test_object_tier_outage_raises_then_recovers(
     if how.startswith("fail_with"):
         assert s3_proxy.failed_requests > 0  # the errors came back as HTTP answers
     s3_proxy.restore()
-    assert await eventually(lambda: tier.get("before")) == DATA
-    await eventually(lambda: tier.put("after", b"kept"))
-    assert await eventually(lambda: tier.get("after")) == b"kept"
-    assert "before" in await eventually(lambda: tier.keys())
+    assert await eventually(lambda: tier.get("before"), HANG_BOUND) == DATA
+    await eventually(lambda: tier.put("after", b"kept"), HANG_BOUND)
+    assert await eventually(lambda: tier.get("after"), HANG_BOUND) == b"kept"
+    assert "before" in await eventually(lambda: tier.keys(), HANG_BOUND)
