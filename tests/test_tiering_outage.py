@@ -49,7 +49,6 @@ from journal import (
     TieringStatistics,
 )
 
-
 NAME = "events"
 SEGMENT_BYTES = 16 << 10
 TIMEOUT = 1.0  # object_timeout

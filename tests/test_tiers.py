@@ -43,7 +43,6 @@ from objectstores import ObjectStore, S3Proxy, break_store, eventually
 from journal.errors import ObjectStoreError
 from journal.tiering import CachedTier, LocalTier, MemoryTier, ObjectTier, Tier
 
-
 DATA = bytes(range(256)) * 4  # 1 KiB, every byte value, no repeating 4-byte window within 256
 SMALL_BLOCK = 64  # cache blocks small enough that ranges of DATA span several
 TIMEOUT = 1.0  # object-store timeout in the outage tests
