@@ -74,7 +74,7 @@ def test_start_health_ready_topics_records_and_metrics(tmp_path: Path) -> None:
             assert http.get("/health").json() == {"status": "alive"}
             ready = http.get("/ready")
             assert ready.status_code == 200
-            assert ready.json()["listeners"] == {"admin": True, "journal_rpc": True}
+            assert ready.json()["listeners"] == {"admin": True, "journal_rpc": True, "mqtt": True}
 
             created = _cli(server, "topic", "create", "orders", "--set", "retention_ms=3600000")
             assert created.returncode == 0, created.stderr

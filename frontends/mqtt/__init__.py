@@ -6,6 +6,7 @@ turns bytes into packets. Errors are :class:`MqttProtocolError` (the peer) and
 :class:`MqttLocalProtocolError` (us), both carrying a v5 :class:`ReasonCode`.
 """
 
+from .broker import Broker, BrokerSettings, BrokerStatistics, ConnectRefused
 from .codec import (
     DEFAULT_MAX_PACKET_SIZE,
     MAX_REMAINING_LENGTH,
@@ -19,6 +20,7 @@ from .codec import (
     ReaderState,
     encode,
 )
+from .connection import Connection
 from .errors import (
     ConnectReturnCode,
     InvalidTopicError,
@@ -26,6 +28,8 @@ from .errors import (
     MqttProtocolError,
     ReasonCode,
 )
+from .listeners import serve_mqtt
+from .messages import Message
 from .packets import (
     PROPERTY_TABLE,
     Auth,
@@ -53,6 +57,7 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .store import SessionStore, ShardLog
 from .subscriptions import SubscriptionIndex
 from .topics import matches, parse_shared, validate_topic_filter, validate_topic_name
 
@@ -66,11 +71,17 @@ __all__ = [
     "PROTOCOL_LEVELS",
     "VALID_REASON_CODES",
     "Auth",
+    "Broker",
+    "BrokerSettings",
+    "BrokerStatistics",
     "Connack",
     "Connect",
+    "ConnectRefused",
     "ConnectReturnCode",
+    "Connection",
     "Disconnect",
     "InvalidTopicError",
+    "Message",
     "MqttLocalProtocolError",
     "MqttProtocolError",
     "NeedData",
@@ -91,6 +102,8 @@ __all__ = [
     "Pubrel",
     "ReaderState",
     "ReasonCode",
+    "SessionStore",
+    "ShardLog",
     "Suback",
     "Subscribe",
     "Subscription",
@@ -101,6 +114,7 @@ __all__ = [
     "encode",
     "matches",
     "parse_shared",
+    "serve_mqtt",
     "validate_topic_filter",
     "validate_topic_name",
 ]

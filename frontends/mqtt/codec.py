@@ -870,7 +870,7 @@ class PacketReader:
         self._state = _S.ERROR
         return exc
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if self._state is _S.ERROR:
             raise MqttProtocolError("reader failed earlier", code=_R.PROTOCOL_ERROR)
         if len(self._buf) + len(data) > self.max_buffer_size:

@@ -93,6 +93,11 @@ def _positive_seconds(value: float) -> str | None:
     return None if ok else "a finite number of seconds greater than 0"
 
 
+def _seconds_or_zero(value: float) -> str | None:
+    ok = math.isfinite(value) and value >= 0
+    return None if ok else "a finite number of seconds, 0 or more"
+
+
 def _choice(options: tuple[str, ...]) -> Check:
     def check(value: str) -> str | None:
         return None if value in options else "one of " + ", ".join(map(repr, options))
@@ -266,7 +271,106 @@ class MqttConfig(_Section):
         default=8083, metadata=_meta("MQTT over WebSocket port (0: pick a free port).", _port)
     )
     tls_port: int = field(
-        default=8883, metadata=_meta("MQTT over TLS port (0: pick a free port).", _port)
+        default=8883,
+        metadata=_meta(
+            "MQTT over TLS port (0: pick a free port); open only when tls_cert is set.", _port
+        ),
+    )
+    tls_cert: str | None = field(
+        default=None,
+        metadata=_meta("PEM certificate chain for the TLS listener; unset: no TLS listener."),
+    )
+    tls_key: str | None = field(
+        default=None,
+        metadata=_meta("PEM private key for tls_cert (unset: the key is in tls_cert's file)."),
+    )
+    shards: int = field(
+        default=16,
+        metadata=_meta(
+            "Message shard streams (mqtt.messages.N); fixed once the first broker ran.",
+            _int_range(1, 1024),
+        ),
+    )
+    fsync: FsyncPolicy = field(
+        default="always",
+        metadata=_meta(
+            "fsync policy of the message shards: always (group commit before each PUBACK), "
+            "interval, none.",
+            _choice(FSYNC_POLICIES),
+        ),
+    )
+    max_packet_size: int = field(
+        default=1 << 20,
+        metadata=_meta(
+            "Largest MQTT packet accepted, in bytes (1 MiB).", _int_range(64, 268435460)
+        ),
+    )
+    receive_maximum: int = field(
+        default=1024,
+        metadata=_meta(
+            "QoS 1/2 PUBLISHes a client may have unacknowledged (Receive Maximum).",
+            _int_range(1, 65535),
+        ),
+    )
+    max_inflight: int = field(
+        default=64,
+        metadata=_meta(
+            "QoS 1/2 deliveries in flight per client (lowered to the client's Receive Maximum).",
+            _int_range(1, 65535),
+        ),
+    )
+    max_queued: int = field(
+        default=1000,
+        metadata=_meta(
+            "Deliveries a session may owe (queued plus in flight); newer messages are dropped "
+            "and counted.",
+            _int_range(1),
+        ),
+    )
+    max_subscriptions: int = field(
+        default=1000, metadata=_meta("Subscriptions per session.", _int_range(1))
+    )
+    max_topic_levels: int = field(
+        default=128, metadata=_meta("Levels a topic name or filter may have.", _int_range(1))
+    )
+    topic_alias_maximum: int = field(
+        default=1024,
+        metadata=_meta("Topic aliases a client may use (0: none).", _int_range(0, 65535)),
+    )
+    max_keep_alive: int = field(
+        default=0,
+        metadata=_meta(
+            "Longest keep alive in seconds; clients asking more (or 0) get this (0: no limit).",
+            _int_range(0, 65535),
+        ),
+    )
+    max_session_expiry: int = field(
+        default=0xFFFFFFFF,
+        metadata=_meta(
+            "Longest session expiry interval in seconds (4294967295: never expire).",
+            _int_range(0, 0xFFFFFFFF),
+        ),
+    )
+    sys_interval: float = field(
+        default=10.0,
+        metadata=_meta("Seconds between $SYS/broker updates (0: none).", _seconds_or_zero),
+    )
+    allow_anonymous: bool = field(
+        default=False,
+        metadata=_meta(
+            "Accept clients without a user name even when users exist (with no users, "
+            "every client is accepted)."
+        ),
+    )
+    max_connections: int = field(
+        default=100_000, metadata=_meta("Open MQTT connections at most.", _int_range(1))
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=_meta(
+            "Seconds a new connection has for its TLS/WebSocket handshake and CONNECT.",
+            _positive_seconds,
+        ),
     )
 
 

@@ -22,9 +22,11 @@ an acknowledgement already waited for the fsync policy.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from importlib.metadata import version
 
 import trio
 
+from frontends.mqtt import Broker, BrokerSettings, SessionStore, serve_mqtt
 from journal import Journal, StrataError
 from journal.errors import leaf_exceptions
 from journal.remote import RemoteJournal
@@ -41,7 +44,7 @@ from journal.rpc.server import JournalServer
 from journal.service import JournalService
 from meta.users import UserStore
 from tools.strata.admin import create_app, serve_admin
-from tools.strata.config import Config
+from tools.strata.config import Config, MqttConfig
 from tools.strata.metrics import ProtocolConnections
 
 __all__ = ["VERSION", "Listening", "StrataServer", "run"]
@@ -76,6 +79,8 @@ class StrataServer:
         self._journal_server: JournalServer | None = None
         self._remote: RemoteJournal | None = None
         self._admin_bound = False
+        self._broker: Broker | None = None
+        self._mqtt_bound = False
         self._cancel = trio.CancelScope()
 
     @property
@@ -93,6 +98,8 @@ class StrataServer:
             state["journal_rpc"] = self._journal_server.accepting and not self._stopping
         if self._remote is not None:
             state["journal_remote"] = self._remote.connected and not self._stopping
+        if self._broker is not None:
+            state["mqtt"] = self._mqtt_bound and self._broker.ready and not self._stopping
         return state
 
     def connections(self) -> dict[str, ProtocolConnections]:
@@ -103,6 +110,13 @@ class StrataServer:
                 open=st.connections_open,
                 total=st.connections_total,
                 protocol_errors=st.protocol_errors,
+            )
+        if self._broker is not None:
+            mq = self._broker.statistics()
+            out["mqtt"] = ProtocolConnections(
+                open=mq.connections_open,
+                total=mq.connections_total,
+                protocol_errors=mq.protocol_errors,
             )
         return out
 
@@ -132,6 +146,8 @@ class StrataServer:
                         roles=self.roles,
                         started_at=time.time(),
                     )
+                    if "broker" in self.roles:
+                        await self._start_mqtt(stack, service, users, nursery)
                     port = await nursery.start(
                         serve_admin, app, config.admin.host, config.admin.port
                     )
@@ -144,6 +160,34 @@ class StrataServer:
                         )
                     self._say(f"strata {VERSION}: ready (roles: {', '.join(self.roles)})")
                     task_status.started(self.listening)
+
+    async def _start_mqtt(
+        self,
+        stack: AsyncExitStack,
+        service: JournalService,
+        users: UserStore,
+        nursery: trio.Nursery,
+    ) -> None:
+        mqtt = self.config.mqtt
+        store = stack.enter_context(SessionStore.open(self.config.data_path / "mqtt"))
+        self._broker = broker = Broker(service, store, users, mqtt_settings(mqtt), version=VERSION)
+        await nursery.start(broker.run)
+        listeners: list[tuple[str, int, str, ssl.SSLContext | None]] = [
+            ("mqtt", mqtt.port, "tcp", None),
+            ("mqtt_ws", mqtt.ws_port, "ws", None),
+        ]
+        if mqtt.tls_cert is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(mqtt.tls_cert, mqtt.tls_key)
+            listeners.append(("mqtt_tls", mqtt.tls_port, "tls", tls))
+        for name, port, transport, context in listeners:
+            bound = await nursery.start(
+                functools.partial(
+                    serve_mqtt, broker, mqtt.host, port, transport=transport, ssl_context=context
+                )
+            )
+            self._listen(name, mqtt.host, bound)
+        self._mqtt_bound = True
 
     async def _open_service(self, stack: AsyncExitStack) -> JournalService:
         config = self.config
@@ -183,9 +227,32 @@ class StrataServer:
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish for ``grace`` s, then close all."""
         self._stopping = True
+        if self._broker is not None:
+            self._broker.shutdown()
         if self._journal_server is not None:
             await self._journal_server.shutdown(grace)
         self._cancel.cancel()
+
+
+def mqtt_settings(mqtt: MqttConfig) -> BrokerSettings:
+    """The broker's settings from ``[mqtt]``."""
+    return BrokerSettings(
+        shards=mqtt.shards,
+        fsync=mqtt.fsync,
+        max_packet_size=mqtt.max_packet_size,
+        receive_maximum=mqtt.receive_maximum,
+        max_inflight=mqtt.max_inflight,
+        max_queued=mqtt.max_queued,
+        max_subscriptions=mqtt.max_subscriptions,
+        max_topic_levels=mqtt.max_topic_levels,
+        topic_alias_maximum=mqtt.topic_alias_maximum,
+        max_keep_alive=mqtt.max_keep_alive,
+        max_session_expiry=mqtt.max_session_expiry,
+        sys_interval=mqtt.sys_interval,
+        connect_timeout=mqtt.connect_timeout,
+        allow_anonymous=True if mqtt.allow_anonymous else None,
+        max_connections=mqtt.max_connections,
+    )
 
 
 def check_roles(config: Config) -> str | None:

@@ -1,0 +1,362 @@
+"""Where the broker's state lives: the message shards in the journal, the rest in RocksDB.
+
+How it works (``docs/mqtt-storage.md`` has the why):
+
+* :class:`ShardLog` owns the ``mqtt.messages.<n>`` streams. A topic's shard is
+  ``crc32c(topic) % shards``. Connections hand it lists of messages; one
+  writer task per shard takes everything queued since its last append and
+  appends it as one batch, so concurrent publishers share appends and fsyncs
+  (group commit). After each append it calls ``on_stored(shard, base_offset,
+  entries)`` before waking the publishers, in offset order.
+* :class:`SessionStore` is a RocksDB database beside the broker: persistent
+  sessions (subscriptions, queued and in-flight deliveries as pointers to
+  shard offsets, inbound QoS 2 packet ids), retained messages, and per shard
+  the offset up to which ``on_stored`` has been applied (``routed``). Those
+  derived writes are not synced: each batch carries its ``routed`` offset, so
+  after a power loss the broker re-applies the shards from there at start
+  (the journal is the write-ahead log), and a killed process loses nothing
+  because RocksDB's log is already in the page cache. Session creation and
+  subscription changes are synced, since the journal cannot replay them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from crc32c import crc32c
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from journal.config import StreamConfig
+from journal.errors import OffsetOutOfRangeError, StorageError, StrataError
+from journal.segments.batch import decode_batch, encode_batch
+from journal.service import JournalService
+
+from .messages import Message, message_from_record, message_to_record
+
+__all__ = [
+    "SHARD_PREFIX",
+    "SessionStore",
+    "ShardLog",
+    "StoredDelivery",
+    "StoredSession",
+    "Submission",
+]
+
+SHARD_PREFIX = "mqtt.messages."
+MAX_PENDING_BYTES = 16 << 20  # per shard: publishers wait beyond this (back-pressure)
+
+_POINTER = struct.Struct(">HQBBHBB")  # shard, offset, qos, retain, packet id, state, n sub ids
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+
+
+# -- the message shards -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Submission:
+    """One message to store; ``packet_id`` is set for an inbound QoS 2 PUBLISH."""
+
+    message: Message
+    packet_id: int = 0
+    session: object = None  # the publishing session, for the QoS 2 packet id
+
+
+@dataclass(slots=True)
+class _Pending:
+    entries: list[Submission] = field(default_factory=list)
+    size: int = 0
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+StoredCallback = Callable[[int, int, list[Submission]], None]
+
+
+class ShardLog:
+    """The message shard streams, each written by one group-committing task."""
+
+    def __init__(
+        self,
+        journal: JournalService,
+        shards: int,
+        on_stored: StoredCallback,
+        *,
+        stream_config: StreamConfig | None = None,
+    ) -> None:
+        self.journal = journal
+        self.shards = shards
+        self.on_stored = on_stored
+        self.stream_config = stream_config
+        self.names = [f"{SHARD_PREFIX}{n}" for n in range(shards)]
+        self._pending = [_Pending() for _ in range(shards)]
+        self._work = [trio.lowlevel.ParkingLot() for _ in range(shards)]
+        self._space = [trio.lowlevel.ParkingLot() for _ in range(shards)]
+        self.appends = 0
+        self.failures = 0
+
+    def shard_of(self, topic: str) -> int:
+        return crc32c(topic.encode()) % self.shards
+
+    async def create_streams(self) -> None:
+        for name in self.names:
+            await self.journal.create_stream(name, self.stream_config, exist_ok=True)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for shard in range(self.shards):
+                nursery.start_soon(self._writer, shard)
+            task_status.started()
+
+    async def store(self, entries: Sequence[Submission], *, wait: bool) -> None:
+        """Queue ``entries`` (in order per shard); with ``wait``, return once durable.
+
+        Raises the journal's error if an append that held them failed.
+        """
+        touched: list[_Pending] = []
+        for entry in entries:
+            shard = self.shard_of(entry.message.topic)
+            while self._pending[shard].size > MAX_PENDING_BYTES:
+                await self._space[shard].park()
+            pending = self._pending[shard]
+            pending.entries.append(entry)
+            pending.size += len(entry.message.payload) + len(entry.message.topic) + 64
+            if len(pending.entries) == 1:
+                self._work[shard].unpark_all()
+            if not touched or touched[-1] is not pending:
+                touched.append(pending)
+        if wait:
+            for pending in touched:
+                await pending.done.wait()
+                if pending.error is not None:
+                    raise pending.error
+
+    async def _writer(self, shard: int) -> None:
+        name = self.names[shard]
+        while True:
+            pending = self._pending[shard]
+            if not pending.entries:
+                await self._work[shard].park()
+                continue
+            self._pending[shard] = _Pending()
+            self._space[shard].unpark_all()
+            records = [message_to_record(e.message) for e in pending.entries]
+            try:
+                result = await self.journal.append(name, records)
+            except StrataError as exc:
+                self.failures += 1
+                pending.error = exc
+            else:
+                self.appends += 1
+                self.on_stored(shard, result.base_offset, pending.entries)
+            pending.done.set()
+
+    async def fetch(self, shard: int, offsets: Sequence[int]) -> dict[int, Message]:
+        """The messages at ``offsets`` (ascending) of ``shard``; gone ones are missing."""
+        found: dict[int, Message] = {}
+        wanted = set(offsets)
+        at = 0
+        while at < len(offsets):
+            try:
+                records = await self.journal.read(self.names[shard], offsets[at], 256 << 10)
+            except OffsetOutOfRangeError:  # removed by retention
+                at += 1
+                continue
+            if not records:
+                break
+            last = -1
+            for record in records:
+                assert record.offset is not None
+                last = record.offset
+                if last in wanted:
+                    found[last] = message_from_record(record)
+            while at < len(offsets) and offsets[at] <= last:
+                at += 1
+        return found
+
+    async def replay(self, shard: int, offset: int) -> AsyncIterator[tuple[int, Message]]:
+        """Every (offset, message) from ``offset`` to the shard's current end."""
+        info = await self.journal.describe_stream(self.names[shard])
+        offset = max(offset, info.first_offset)  # retention may have removed the start
+        while offset < info.next_offset:
+            records = await self.journal.read(self.names[shard], offset, 1 << 20)
+            if not records:
+                return
+            for record in records:
+                assert record.offset is not None
+                if record.offset >= offset:
+                    yield record.offset, message_from_record(record)
+            offset = records[-1].offset + 1  # type: ignore[operator]
+
+
+# -- RocksDB: sessions, retained messages, routed offsets ---------------------------
+
+
+@dataclass(slots=True)
+class StoredDelivery:
+    """A queued or in-flight delivery of a persistent session, as stored."""
+
+    seq: int
+    shard: int
+    offset: int
+    qos: int
+    retain: bool
+    packet_id: int
+    state: int
+    subscription_ids: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class StoredSession:
+    client_id: str
+    doc: dict[str, object]
+    deliveries: list[StoredDelivery] = field(default_factory=list)
+    inbound: set[int] = field(default_factory=set)
+
+
+def _session_key(client_id: str) -> bytes:
+    return b"s/" + client_id.encode()
+
+
+def _delivery_prefix(client_id: str) -> bytes:
+    return b"q/" + client_id.encode() + b"\x00"
+
+
+def _inbound_prefix(client_id: str) -> bytes:
+    return b"i/" + client_id.encode() + b"\x00"
+
+
+class SessionStore:
+    """Typed access to the broker's RocksDB database (one process at a time)."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path) -> SessionStore:
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        try:
+            db = Rdict(str(path), options)
+        except Exception as exc:  # rocksdict raises a plain Exception
+            raise StorageError(
+                f"cannot open the MQTT session store {path} (is another process using it?): {exc}"
+            ) from exc
+        return cls(db)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.close()
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db.items(from_key=prefix):
+            if not (isinstance(key, bytes) and key.startswith(prefix)):
+                return
+            yield key, bytes(value)
+
+    # -- loading ---------------------------------------------------------------
+
+    def sessions(self) -> dict[str, StoredSession]:
+        out: dict[str, StoredSession] = {}
+        for key, value in self._scan(b"s/"):
+            cid = key[2:].decode()
+            out[cid] = StoredSession(cid, json.loads(value))
+        for key, value in self._scan(b"q/"):  # q/<client id> NUL <u64 seq>
+            session = out.get(key[2:-9].decode())
+            if session is not None:
+                session.deliveries.append(_decode_delivery(_U64.unpack(key[-8:])[0], value))
+        for key, _ in self._scan(b"i/"):  # i/<client id> NUL <u16 packet id>
+            session = out.get(key[2:-3].decode())
+            if session is not None:
+                session.inbound.add(_U16.unpack(key[-2:])[0])
+        for session in out.values():
+            session.deliveries.sort(key=lambda d: d.seq)
+        return out
+
+    def retained(self) -> dict[str, Message]:
+        out = {}
+        for key, value in self._scan(b"r/"):
+            _, records = decode_batch(value)
+            out[key[2:].decode()] = message_from_record(records[0])
+        return out
+
+    def routed(self, shard: int) -> int:
+        raw = self._db.get(b"routed/" + _U16.pack(shard))
+        return 0 if raw is None else _U64.unpack(bytes(raw))[0]
+
+    # -- synced single changes -------------------------------------------------
+
+    def put_session(self, client_id: str, doc: dict[str, object]) -> None:
+        self._db.put(_session_key(client_id), json.dumps(doc).encode(), self._sync)
+
+    def delete_session(self, client_id: str) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(_session_key(client_id))
+        for prefix in (_delivery_prefix(client_id), _inbound_prefix(client_id)):
+            for key, _ in self._scan(prefix):
+                batch.delete(key)
+        self._db.write(batch, self._sync)
+
+    # -- batched derived changes (not synced: replayable from the journal) -----
+
+    @staticmethod
+    def batch() -> WriteBatch:
+        return WriteBatch(raw_mode=True)
+
+    def write(self, batch: WriteBatch) -> None:
+        if len(batch):
+            self._db.write(batch)
+
+    @staticmethod
+    def put_delivery(batch: WriteBatch, client_id: str, d: StoredDelivery) -> None:
+        ids = d.subscription_ids
+        value = _POINTER.pack(
+            d.shard, d.offset, d.qos, d.retain, d.packet_id, d.state, len(ids)
+        ) + b"".join(_U32.pack(i) for i in ids)
+        batch.put(_delivery_prefix(client_id) + _U64.pack(d.seq), value)
+
+    @staticmethod
+    def delete_delivery(batch: WriteBatch, client_id: str, seq: int) -> None:
+        batch.delete(_delivery_prefix(client_id) + _U64.pack(seq))
+
+    @staticmethod
+    def put_inbound(batch: WriteBatch, client_id: str, packet_id: int) -> None:
+        batch.put(_inbound_prefix(client_id) + _U16.pack(packet_id), b"")
+
+    @staticmethod
+    def delete_inbound(batch: WriteBatch, client_id: str, packet_id: int) -> None:
+        batch.delete(_inbound_prefix(client_id) + _U16.pack(packet_id))
+
+    @staticmethod
+    def put_retained(batch: WriteBatch, message: Message) -> None:
+        key = b"r/" + message.topic.encode()
+        if message.payload:
+            batch.put(key, encode_batch([message_to_record(message)], now_ms=0))
+        else:
+            batch.delete(key)
+
+    @staticmethod
+    def put_routed(batch: WriteBatch, shard: int, offset: int) -> None:
+        batch.put(b"routed/" + _U16.pack(shard), _U64.pack(offset))
+
+
+def _decode_delivery(seq: int, value: bytes) -> StoredDelivery:
+    shard, offset, qos, retain, pid, state, n = _POINTER.unpack_from(value)
+    ids = tuple(_U32.unpack_from(value, _POINTER.size + 4 * i)[0] for i in range(n))
+    return StoredDelivery(seq, shard, offset, qos, bool(retain), pid, state, ids)
