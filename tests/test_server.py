@@ -80,7 +80,9 @@ def test_start_health_ready_topics_records_and_metrics(tmp_path: Path) -> None:
             assert created.returncode == 0, created.stderr
             assert "retention_ms = 3600000" in created.stdout
             listed = _cli(server, "topic", "list", "-o", "json")
-            assert [s["name"] for s in json.loads(listed.stdout)["streams"]] == ["orders"]
+            names = [s["name"] for s in json.loads(listed.stdout)["streams"]]
+            assert [n for n in names if not n.startswith("mqtt.")] == ["orders"]
+            assert "mqtt.messages.0" in names  # the MQTT broker's shards (docs/mqtt-storage.md)
 
             before = _metrics(http)
             result = _produce(http, "orders", [f"order-{i}" for i in range(10)])
