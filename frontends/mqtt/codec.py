@@ -542,6 +542,44 @@ def encode(packet: Packet, version: int) -> bytes:
     return bytes(out)
 
 
+def encode_properties(props: Properties) -> bytes:
+    """A v5 property block (length included), for :func:`encode_publish`."""
+    out = bytearray()
+    _put_properties(out, props, MQTT_5)
+    return bytes(out)
+
+
+def encode_publish(
+    topic: bytes,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    dup: bool,
+    packet_id: int,
+    properties: bytes | None,
+) -> bytes:
+    """A PUBLISH without :func:`encode`'s checks, for a server forwarding messages.
+
+    The caller vouches for the fields: ``topic`` is a valid UTF-8 topic name,
+    ``packet_id`` is 1..65535 when ``qos`` > 0, and ``properties`` is a v5
+    block from :func:`encode_properties` (None at level 4). A hypothesis test
+    keeps it byte-identical to :func:`encode`.
+    """
+    n = len(topic)
+    head = bytes((n >> 8, n & 0xFF)) + topic
+    if qos:
+        head += bytes((packet_id >> 8, packet_id & 0xFF))
+    if properties is not None:
+        head += properties
+    remaining = len(head) + len(payload)
+    first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
+    if remaining < 0x80:
+        return bytes((first, remaining)) + head + payload
+    fixed = bytearray((first,))
+    _put_varint(fixed, remaining)
+    return bytes(fixed) + head + payload
+
+
 # --------------------------------------------------------------------- decoding
 
 

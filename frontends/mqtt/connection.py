@@ -25,7 +25,7 @@ import trio
 from journal.errors import StrataError, leaf_exceptions
 
 from .broker import Broker, ConnectRefused
-from .codec import MQTT_5, NEED_DATA, PacketReader, encode
+from .codec import MQTT_5, NEED_DATA, PacketReader, encode, encode_properties, encode_publish
 from .errors import ConnectReturnCode, MqttProtocolError, ReasonCode
 from .messages import Message
 from .packets import (
@@ -65,6 +65,11 @@ _V3_REFUSALS = {
     ReasonCode.BAD_USER_NAME_OR_PASSWORD: ConnectReturnCode.BAD_USER_NAME_OR_PASSWORD,
     ReasonCode.NOT_AUTHORIZED: ConnectReturnCode.NOT_AUTHORIZED,
 }
+
+_V3_CONNACK_ERRORS = (
+    ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+)
 
 
 class _Closed(Exception):
@@ -246,7 +251,8 @@ class Connection:
             try:
                 self._outbox.clear()
                 if self.session is None:
-                    if code is ReasonCode.UNSUPPORTED_PROTOCOL_VERSION or self.version == MQTT_5:
+                    # 3.1.1 too answers these two with a CONNACK return code (3.1.3-8, 3.1.2-2).
+                    if code in _V3_CONNACK_ERRORS or self.version == MQTT_5:
                         await self._refuse(code, reason)
                 elif self.version == MQTT_5:
                     self._queue(Disconnect(code, Properties(reason_string=reason[:200])))
@@ -473,6 +479,7 @@ class Connection:
         queue = session.queue
         inflight = session.inflight
         taken: list[Delivery] = []
+        now = self.broker._wall_ms()
         while queue and len(out) < SEND_BATCH:
             if queue[0].qos and len(inflight) >= self.window:
                 break
@@ -482,8 +489,7 @@ class Connection:
                 if d.message is None:
                     self.broker.forget(session, d)  # removed by retention meanwhile
                     continue
-            now = self.broker._wall_ms()
-            if d.message.expired(now):
+            if d.message.expiry_at is not None and d.message.expired(now):
                 self.broker.counters.expired += 1
                 self.broker.forget(session, d)
                 continue
@@ -508,8 +514,8 @@ class Connection:
         assert message is not None
         topic = message.topic
         if self.version != MQTT_5:
-            return encode(
-                Publish(topic, message.payload, d.qos, d.retain, dup, d.packet_id or None), 4
+            return encode_publish(
+                topic.encode(), message.payload, d.qos, d.retain, dup, d.packet_id, None
             )
         props = message.properties
         expiry = message.remaining_expiry(self.broker._wall_ms())
@@ -527,7 +533,7 @@ class Connection:
                 subscription_identifiers=d.subscription_ids,
                 topic_alias=alias,
             )
-        return encode(
-            Publish(topic, message.payload, d.qos, d.retain, dup, d.packet_id or None, props),
-            MQTT_5,
+        block = b"\x00" if props.is_empty() else encode_properties(props)
+        return encode_publish(
+            topic.encode(), message.payload, d.qos, d.retain, dup, d.packet_id, block
         )

@@ -262,10 +262,11 @@ class Properties:
     shared_subscription_available: int | None = None
 
     def is_empty(self) -> bool:
-        return self == _NO_PROPERTIES
+        return self is NO_PROPERTIES or self == NO_PROPERTIES
 
 
-_NO_PROPERTIES = Properties()
+NO_PROPERTIES = Properties()  # shared: most packets carry none
+_NO_PROPERTIES = NO_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +277,7 @@ class Will:
     payload: bytes = b""
     qos: int = 0
     retain: bool = False
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +289,7 @@ class Connect:
     username: str | None = None
     password: bytes | None = None
     will: Will | None = None
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +297,7 @@ class Connack:
     TYPE: ClassVar[PacketType] = PacketType.CONNACK
     session_present: bool = False
     reason_code: int = 0  # a 3.1.1 return code (0..5) or a 5.0 reason code
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +309,7 @@ class Publish:
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None  # present exactly when qos > 0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +317,7 @@ class Puback:
     TYPE: ClassVar[PacketType] = PacketType.PUBACK
     packet_id: int
     reason_code: int = 0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +325,7 @@ class Pubrec:
     TYPE: ClassVar[PacketType] = PacketType.PUBREC
     packet_id: int
     reason_code: int = 0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +333,7 @@ class Pubrel:
     TYPE: ClassVar[PacketType] = PacketType.PUBREL
     packet_id: int
     reason_code: int = 0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +341,7 @@ class Pubcomp:
     TYPE: ClassVar[PacketType] = PacketType.PUBCOMP
     packet_id: int
     reason_code: int = 0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +360,7 @@ class Subscribe:
     TYPE: ClassVar[PacketType] = PacketType.SUBSCRIBE
     packet_id: int
     subscriptions: tuple[Subscription, ...]
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +368,7 @@ class Suback:
     TYPE: ClassVar[PacketType] = PacketType.SUBACK
     packet_id: int
     reason_codes: tuple[int, ...]
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +376,7 @@ class Unsubscribe:
     TYPE: ClassVar[PacketType] = PacketType.UNSUBSCRIBE
     packet_id: int
     topic_filters: tuple[str, ...]
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +384,7 @@ class Unsuback:
     TYPE: ClassVar[PacketType] = PacketType.UNSUBACK
     packet_id: int
     reason_codes: tuple[int, ...] = ()  # always empty in 3.1.1, never in 5.0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +401,7 @@ class Pingresp:
 class Disconnect:
     TYPE: ClassVar[PacketType] = PacketType.DISCONNECT
     reason_code: int = 0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +410,7 @@ class Auth:
 
     TYPE: ClassVar[PacketType] = PacketType.AUTH
     reason_code: int = 0
-    properties: Properties = field(default_factory=Properties)
+    properties: Properties = field(default=NO_PROPERTIES)
 
 
 Packet = (

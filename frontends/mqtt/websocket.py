@@ -292,6 +292,7 @@ class WebSocketStream(trio.abc.Stream):
                 raise trio.ClosedResourceError("WebSocketStream was closed")
             if self._broken:
                 raise trio.BrokenResourceError("WebSocket failed with a protocol error")
+            await self._handle_events()  # frames that came with the handshake
             if self._pending or self._peer_closed:
                 await trio.lowlevel.checkpoint()
             while not self._pending and not self._peer_closed:

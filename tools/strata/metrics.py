@@ -27,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from frontends.mqtt.broker import BrokerStatistics
 from journal.stats import JournalStatistics, LatencyHistogram
 
 __all__ = [
@@ -68,6 +69,7 @@ class MetricsSnapshot:
     admin: AdminRequestCounts
     uptime_seconds: float
     version: str
+    mqtt: BrokerStatistics | None = None  # None: this process runs no MQTT broker
 
 
 def histogram_buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
@@ -100,6 +102,8 @@ class StrataCollector(Collector):
             yield from self._streams(journal)
             yield from self._tiering(journal)
         yield from self._connections()
+        if self.snapshot.mqtt is not None:
+            yield from self._mqtt(self.snapshot.mqtt)
         yield from self._process()
 
     def _journal(self, j: JournalStatistics) -> Iterator[Metric]:
@@ -213,6 +217,43 @@ class StrataCollector(Collector):
             total.add_metric([protocol], c.total)
             errors.add_metric([protocol], c.protocol_errors)
         yield from (open_, total, errors)
+
+    def _mqtt(self, m: BrokerStatistics) -> Iterator[Metric]:
+        counters = (
+            (
+                "messages_received",
+                "PUBLISHes (and wills) accepted from clients.",
+                m.messages_received,
+            ),
+            ("messages_sent", "PUBLISHes sent to subscribers.", m.messages_sent),
+            ("bytes_received", "Bytes read from MQTT connections.", m.bytes_received),
+            ("bytes_sent", "Bytes written to MQTT connections.", m.bytes_sent),
+            ("store_appends", "Appends to the message shards.", m.store_appends),
+            (
+                "store_failures",
+                "Shard appends that failed (publishers got an error).",
+                m.store_failures,
+            ),
+        )
+        for name, doc, value in counters:
+            yield CounterMetricFamily(f"strata_mqtt_{name}", doc, value=value)
+        dropped = CounterMetricFamily(
+            "strata_mqtt_messages_dropped",
+            "Deliveries not made: a full session queue (max_queued), an expired message, or "
+            "one larger than the client's Maximum Packet Size.",
+            labels=["reason"],
+        )
+        dropped.add_metric(["queue_full"], m.dropped_queue_full)
+        dropped.add_metric(["expired"], m.dropped_expired)
+        dropped.add_metric(["too_large"], m.dropped_too_large)
+        yield dropped
+        gauges = (
+            ("sessions", "Sessions, connected or persistent and offline.", m.sessions),
+            ("subscriptions", "Subscriptions of all sessions.", m.subscriptions),
+            ("retained_messages", "Retained messages, $SYS included.", m.retained),
+        )
+        for name, doc, value in gauges:
+            yield GaugeMetricFamily(f"strata_mqtt_{name}", doc, value=value)
 
     def _process(self) -> Iterator[Metric]:
         s = self.snapshot

@@ -142,6 +142,7 @@ class StrataServer:
                         users,
                         ready=self.ready,
                         connections=self.connections,
+                        mqtt=lambda: self._broker.statistics() if self._broker else None,
                         version=VERSION,
                         roles=self.roles,
                         started_at=time.time(),

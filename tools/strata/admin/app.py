@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from frontends.mqtt.broker import BrokerStatistics
 from journal.config import StreamConfig
 from journal.errors import StreamExistsError
 from journal.service import JournalService
@@ -102,6 +103,7 @@ class _Admin:
         *,
         ready: Callable[[], dict[str, bool]],
         connections: Callable[[], Mapping[str, ProtocolConnections]] | None,
+        mqtt: Callable[[], BrokerStatistics | None] | None,
         version: str,
         roles: tuple[str, ...],
         started_at: float,
@@ -110,6 +112,7 @@ class _Admin:
         self.users = users
         self.ready = ready
         self.connections = connections
+        self.mqtt = mqtt
         self.version = version
         self.roles = roles
         self.started_at = started_at
@@ -175,6 +178,7 @@ class _Admin:
             admin=self.counts,
             uptime_seconds=self.uptime(),
             version=self.version,
+            mqtt=self.mqtt() if self.mqtt is not None else None,
         )
         return Response(render_metrics(snapshot), media_type=CONTENT_TYPE)
 
@@ -318,6 +322,7 @@ def create_app(
     *,
     ready: Callable[[], dict[str, bool]],
     connections: Callable[[], Mapping[str, ProtocolConnections]] | None = None,
+    mqtt: Callable[[], BrokerStatistics | None] | None = None,
     version: str = "0.1.0",
     roles: tuple[str, ...] = ROLES,
     started_at: float,
@@ -326,7 +331,8 @@ def create_app(
 
     ``ready()`` maps each listener to whether it accepts (``/ready`` is 200
     when all do); ``connections()`` maps each protocol to its connection
-    counts, for ``/metrics``; ``started_at`` is the ``time.time()`` the
+    counts and ``mqtt()`` gives the MQTT broker's statistics (None without
+    one), both for ``/metrics``; ``started_at`` is the ``time.time()`` the
     process started, for the uptime.
     """
     admin = _Admin(
@@ -334,6 +340,7 @@ def create_app(
         users,
         ready=ready,
         connections=connections,
+        mqtt=mqtt,
         version=version,
         roles=roles,
         started_at=started_at,
