@@ -1,0 +1,200 @@
+"""Pure parts of the MQTT broker: the message record form, the session store's
+encodings, the forwarding encoder, packet-id allocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from frontends.mqtt import MQTT_3_1_1, MQTT_5, Message, Properties, Publish, encode
+from frontends.mqtt.codec import encode_properties, encode_publish
+from frontends.mqtt.messages import message_from_record, message_to_record
+from frontends.mqtt.sessions import Session
+from frontends.mqtt.store import SessionStore, StoredDelivery
+from journal.segments.batch import decode_batch, encode_batch
+
+_text = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20
+)
+_topics = (
+    st.lists(_text.filter(lambda s: "+" not in s and "#" not in s), min_size=1, max_size=4)
+    .map("/".join)
+    .filter(bool)
+)
+
+_properties = st.builds(
+    Properties,
+    payload_format_indicator=st.none() | st.sampled_from([0, 1]),
+    content_type=st.none() | _text,
+    response_topic=st.none() | _topics,
+    correlation_data=st.none() | st.binary(max_size=20),
+    user_properties=st.lists(st.tuples(_text, _text), max_size=4).map(tuple),
+)
+
+_messages = st.builds(
+    Message,
+    topic=_topics,
+    payload=st.binary(max_size=300),
+    qos=st.sampled_from([0, 1, 2]),
+    retain=st.booleans(),
+    properties=_properties,
+    expiry_at=st.none() | st.integers(0, (1 << 63) - 1),
+    origin=_text,
+)
+
+
+@given(_messages)
+def test_a_message_survives_the_journal_record_form(message: Message) -> None:
+    record = message_to_record(message)
+    # through the real batch codec, as the shard streams store it
+    _, (back,) = decode_batch(encode_batch([record], now_ms=1))
+    assert message_from_record(back) == message
+
+
+def test_a_plain_qos0_message_costs_no_header_bytes() -> None:
+    record = message_to_record(Message("a/b", b"x"))
+    assert record.headers == []
+    assert record.key == b"a/b"
+    assert record.value == b"x"
+
+
+def test_a_record_without_a_topic_is_refused() -> None:
+    from journal.records import Record
+
+    with pytest.raises(ValueError, match="no topic"):
+        message_from_record(Record(value=b"x", key=None, offset=3))
+
+
+def test_expiry_is_rounded_up_and_never_negative() -> None:
+    message = Message("t", expiry_at=10_500)
+    assert message.remaining_expiry(10_000) == 1
+    assert message.remaining_expiry(9_000) == 2
+    assert message.remaining_expiry(10_499) == 1
+    assert message.remaining_expiry(11_000) == 0
+    assert not message.expired(10_499)
+    assert message.expired(10_500)
+    assert Message("t").remaining_expiry(0) is None
+
+
+@given(
+    topic=_topics,
+    payload=st.binary(max_size=400),
+    qos=st.sampled_from([0, 1, 2]),
+    retain=st.booleans(),
+    dup=st.booleans(),
+    packet_id=st.integers(1, 65535),
+    properties=_properties,
+    version=st.sampled_from([MQTT_3_1_1, MQTT_5]),
+)
+def test_the_forwarding_encoder_matches_encode(
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    dup: bool,
+    packet_id: int,
+    properties: Properties,
+    version: int,
+) -> None:
+    dup = dup and qos > 0
+    props = properties if version == MQTT_5 else Properties()
+    if props.payload_format_indicator == 1:  # the codec checks such payloads are UTF-8
+        payload = payload.decode("utf-8", "replace").encode()
+    expected = encode(
+        Publish(topic, payload, qos, retain, dup, packet_id if qos else None, props), version
+    )
+    block = encode_properties(props) if version == MQTT_5 else None
+    assert encode_publish(topic.encode(), payload, qos, retain, dup, packet_id, block) == expected
+
+
+def test_packet_ids_skip_those_in_flight_and_wrap() -> None:
+    session = Session("c", MQTT_5)
+    assert [session.allocate_packet_id() for _ in range(3)] == [1, 2, 3]
+    session.inflight = dict.fromkeys([4, 5], None)  # type: ignore[assignment]
+    assert session.allocate_packet_id() == 6
+    session._next_pid = 65535
+    session.inflight = {65535: None, 1: None}  # type: ignore[dict-item]
+    assert session.allocate_packet_id() == 2
+
+
+_deliveries = st.builds(
+    StoredDelivery,
+    seq=st.integers(1, (1 << 64) - 1),
+    shard=st.integers(0, 1023),
+    offset=st.integers(0, (1 << 63) - 1),
+    qos=st.sampled_from([1, 2]),
+    retain=st.booleans(),
+    packet_id=st.integers(0, 65535),
+    state=st.sampled_from([0, 1, 2]),
+    subscription_ids=st.lists(st.integers(1, 268_435_455), max_size=3).map(tuple),
+)
+
+
+@given(
+    client_id=_text.filter(bool),
+    deliveries=st.lists(_deliveries, max_size=5, unique_by=lambda d: d.seq),
+    inbound=st.sets(st.integers(1, 65535), max_size=5),
+)
+def test_the_session_store_gives_back_what_it_was_given(
+    tmp_path_factory: pytest.TempPathFactory,
+    client_id: str,
+    deliveries: list[StoredDelivery],
+    inbound: set[int],
+) -> None:
+    path = tmp_path_factory.mktemp("sessions")
+    with SessionStore.open(path) as store:
+        store.put_session(client_id, {"version": 5, "expiry": 7, "subs": {}})
+        store.put_session(client_id + "x", {"version": 4, "expiry": 1, "subs": {}})
+        batch = store.batch()
+        for d in deliveries:
+            store.put_delivery(batch, client_id, d)
+        for pid in inbound:
+            store.put_inbound(batch, client_id, pid)
+        store.put_routed(batch, 3, 12345)
+        store.write(batch)
+    with SessionStore.open(path) as store:
+        sessions = store.sessions()
+        assert store.routed(3) == 12345
+        assert store.routed(4) == 0
+    got = sessions[client_id]
+    assert got.doc == {"version": 5, "expiry": 7, "subs": {}}
+    assert got.deliveries == sorted(deliveries, key=lambda d: d.seq)
+    assert got.inbound == inbound
+    assert sessions[client_id + "x"].deliveries == []  # a prefix of another id is not mixed in
+
+
+def test_deleting_a_session_removes_its_deliveries_and_ids(tmp_path: Path) -> None:
+    with SessionStore.open(tmp_path) as store:
+        for cid in ("a", "ab"):
+            store.put_session(cid, {"version": 5, "expiry": 1, "subs": {}})
+            batch = store.batch()
+            store.put_delivery(batch, cid, StoredDelivery(1, 0, 5, 1, False, 0, 0, ()))
+            store.put_inbound(batch, cid, 9)
+            store.write(batch)
+        store.delete_session("a")
+        sessions = store.sessions()
+    assert set(sessions) == {"ab"}
+    assert len(sessions["ab"].deliveries) == 1
+    assert sessions["ab"].inbound == {9}
+
+
+def test_retained_messages_are_kept_and_cleared(tmp_path: Path) -> None:
+    kept = Message("a/b", b"v", qos=1, retain=True, properties=Properties(content_type="t"))
+    with SessionStore.open(tmp_path) as store:
+        batch = store.batch()
+        store.put_retained(batch, kept)
+        store.put_retained(batch, Message("a/c", b"gone", retain=True))
+        store.put_retained(batch, Message("a/c", b"", retain=True))  # clears
+        store.write(batch)
+    with SessionStore.open(tmp_path) as store:
+        assert store.retained() == {"a/b": kept}
+
+
+def test_a_store_in_use_is_refused(tmp_path: Path) -> None:
+    from journal.errors import StorageError
+
+    with SessionStore.open(tmp_path), pytest.raises(StorageError, match="another process"):
+        SessionStore.open(tmp_path)
