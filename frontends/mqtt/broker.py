@@ -203,10 +203,10 @@ class Broker:
                     base = offset
                 chunk.append(Submission(message))
                 if len(chunk) >= 1000:
-                    self._on_stored(shard, base, chunk)
+                    self._on_stored(shard, base, chunk, replay=True)
                     chunk, base = [], -1
             if chunk:
-                self._on_stored(shard, base, chunk)
+                self._on_stored(shard, base, chunk, replay=True)
 
     async def _housekeeping(self) -> None:
         next_sys = time.monotonic()
@@ -318,10 +318,15 @@ class Broker:
             old = existing.connection
             old.kick(ReasonCode.SESSION_TAKEN_OVER, "another connection took over the session")
             with trio.move_on_after(_TAKEOVER_TIMEOUT):
-                await old.detached.wait()
+                await old.wait_detached()
             existing = self.sessions.get(cid)
             if existing is not None and existing.connection is not None:
                 raise ConnectRefused(ReasonCode.SERVER_BUSY, "the previous connection did not end")
+        if existing is not None and existing.connection is None:
+            ends = existing.expires_at()
+            if ends is not None and ends <= time.monotonic():  # before housekeeping saw it
+                await self._end_session(existing)
+                existing = None
         self._wills.pop(cid, None)  # reconnected before the will delay ran out
         if existing is not None and packet.clean_start:
             await self._end_session(existing, will=False)
@@ -448,19 +453,26 @@ class Broker:
         wait = False
         now = self._wall_ms()
         for entry in entries:
-            if entry.message.qos == 0:
-                self._route(entry.message, -1, -1, None, now)
+            message = entry.message
+            if message.retain:  # in arrival order; stored by _on_stored
+                self._retain(message)
+            if message.qos == 0:
+                self._route(message, -1, -1, None, now)
             else:
                 wait = True
         await self.shard_log.store(entries, wait=wait)
 
-    def _on_stored(self, shard: int, base: int, entries: list[Submission]) -> None:
+    def _on_stored(
+        self, shard: int, base: int, entries: list[Submission], *, replay: bool = False
+    ) -> None:
         batch = self.store.batch()
         now = self._wall_ms()
         for i, entry in enumerate(entries):
             message = entry.message
             if message.retain:
-                self._retain(message, batch)
+                if replay:
+                    self._retain(message)
+                self.store.put_retained(batch, message)
             if message.qos:
                 self._route(message, shard, base + i, batch, now)
                 if entry.packet_id and isinstance(entry.session, Session):
@@ -470,12 +482,11 @@ class Broker:
         self.store.put_routed(batch, shard, base + len(entries))
         self.store.write(batch)
 
-    def _retain(self, message: Message, batch: object) -> None:
+    def _retain(self, message: Message) -> None:
         if message.payload:
             self.retained[message.topic] = message
         else:
             self.retained.pop(message.topic, None)
-        self.store.put_retained(batch, message)  # type: ignore[arg-type]
 
     def _matches(self, topic: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
         found = self._match_cache.get(topic)

@@ -82,6 +82,31 @@ class _Closed(Exception):
 class Connection:
     """The server side of one MQTT connection over any byte stream."""
 
+    __slots__ = (
+        "_aliases_in",
+        "_aliases_out",
+        "_connect_expiry",
+        "_detached",
+        "_drained",
+        "_gone",
+        "_kicked",
+        "_outbox",
+        "_scope",
+        "_wakeup",
+        "broker",
+        "client_alias_max",
+        "client_max_packet",
+        "keep_alive",
+        "reader",
+        "session",
+        "stream",
+        "transport",
+        "version",
+        "will",
+        "will_delay",
+        "window",
+    )
+
     def __init__(self, broker: Broker, stream: trio.abc.Stream, *, transport: str = "tcp") -> None:
         self.broker = broker
         self.stream = stream
@@ -90,7 +115,8 @@ class Connection:
         self.reader = PacketReader(max_packet_size=settings.max_packet_size)
         self.version = 4
         self.session: Session | None = None
-        self.detached = trio.Event()
+        self._detached: trio.Event | None = None  # made only if someone waits (takeover)
+        self._gone = False
         self.keep_alive = 0
         self.will: Message | None = None
         self.will_delay = 0
@@ -101,7 +127,7 @@ class Connection:
         self._aliases_out: dict[str, int] = {}
         self._outbox = bytearray()
         self._wakeup = trio.Event()
-        self._drained = trio.Event()
+        self._drained: trio.Event | None = None
         self._scope = trio.CancelScope()
         self._kicked: tuple[ReasonCode, str] | None = None
         self._connect_expiry = 0
@@ -110,6 +136,13 @@ class Connection:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    async def wait_detached(self) -> None:
+        """Return once this connection has left its session."""
+        if not self._gone:
+            if self._detached is None:
+                self._detached = trio.Event()
+            await self._detached.wait()
 
     def kick(self, code: ReasonCode, reason: str) -> None:
         """End this connection from elsewhere (takeover, shutdown) with ``code``."""
@@ -145,7 +178,9 @@ class Connection:
             counters.connections_open -= 1
             if self.session is not None:
                 self.broker.detach(self.session, self, self.will if will else None, self.will_delay)
-            self.detached.set()
+            self._gone = True
+            if self._detached is not None:
+                self._detached.set()
             await trio.aclose_forcefully(self.stream)
 
     async def _serve(self) -> bool:
@@ -280,9 +315,12 @@ class Connection:
         counters = self.broker.counters
         timeout = self.keep_alive * 1.5 if self.keep_alive else math.inf
         while True:
-            with trio.move_on_after(timeout) as idle:
+            if self.keep_alive:
+                with trio.move_on_after(timeout) as idle:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+            else:  # no keep alive: no cancel scope per receive either
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-            if idle.cancelled_caught:
+            if self.keep_alive and idle.cancelled_caught:
                 raise MqttProtocolError(
                     f"nothing received for {timeout:g} s (keep alive {self.keep_alive} s)",
                     code=ReasonCode.KEEP_ALIVE_TIMEOUT,
@@ -311,6 +349,7 @@ class Connection:
         assert session is not None
         now = self.broker._wall_ms()
         entries: list[Submission] = []
+        batch_qos2: set[int] = set()  # ids stored by this batch: not in session.inbound yet
         for p in packets:
             topic = self._resolve_topic(p)
             if topic.startswith("$"):
@@ -322,8 +361,10 @@ class Connection:
                     f"topic has more than {self.broker.settings.max_topic_levels} levels",
                     code=ReasonCode.TOPIC_NAME_INVALID,
                 )
-            if p.qos == 2 and p.packet_id in session.inbound:
+            if p.qos == 2 and (p.packet_id in session.inbound or p.packet_id in batch_qos2):
                 continue  # a resent QoS 2 PUBLISH already stored: only PUBREC again
+            if p.qos == 2 and p.packet_id is not None:
+                batch_qos2.add(p.packet_id)
             message = Message.from_publish(p, topic, session.client_id, now)
             entries.append(Submission(message, p.packet_id or 0 if p.qos == 2 else 0, session))
         code = ReasonCode.SUCCESS
@@ -430,8 +471,9 @@ class Connection:
 
     async def _flushed_enough(self) -> None:
         while len(self._outbox) > MAX_OUTBOX:
-            self._drained = trio.Event()
-            await self._drained.wait()
+            drained = self._drained = trio.Event()
+            await drained.wait()
+            self._drained = None
 
     async def _flush(self) -> None:
         """Send the queued control packets now (before the writer runs, or instead of it)."""
@@ -451,7 +493,8 @@ class Connection:
         while True:
             out = self._outbox
             self._outbox = bytearray()
-            self._drained.set()
+            if self._drained is not None:
+                self._drained.set()
             sent = await self._take_deliveries(session, out)
             if out:
                 await self._send(out)
@@ -497,9 +540,12 @@ class Connection:
                 d.packet_id = session.allocate_packet_id()
                 d.state = DeliveryState.SENT
                 inflight[d.packet_id] = d
+            aliases = len(self._aliases_out)
             data = self._encode_publish(d, dup=False)
             if self.client_max_packet and len(data) > self.client_max_packet:
                 self.broker.counters.too_large += 1  # the spec: discard, as if delivered
+                if len(self._aliases_out) > aliases:  # the client never saw this alias
+                    del self._aliases_out[d.message.topic]
                 if d.qos:
                     del inflight[d.packet_id]
                 self.broker.forget(session, d)
