@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from frontends.mqtt import MQTT_3_1_1, MQTT_5, Message, Properties, Publish, encode
@@ -133,6 +133,7 @@ _deliveries = st.builds(
 )
 
 
+@settings(deadline=None, max_examples=50)  # each example opens RocksDB twice
 @given(
     client_id=_text.filter(bool),
     deliveries=st.lists(_deliveries, max_size=5, unique_by=lambda d: d.seq),

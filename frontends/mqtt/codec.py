@@ -890,6 +890,7 @@ class PacketReader:
             max_buffer_size if max_buffer_size is not None else max_packet_size + (64 << 10)
         )
         self._buf = bytearray()
+        self._pos = 0  # bytes of _buf already decoded (dropped by the next receive_data)
 
     @property
     def version(self) -> int | None:
@@ -902,7 +903,7 @@ class PacketReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def _fail(self, exc: MqttProtocolError) -> MqttProtocolError:
         self._state = _S.ERROR
@@ -911,6 +912,9 @@ class PacketReader:
     def receive_data(self, data: bytes | bytearray) -> None:
         if self._state is _S.ERROR:
             raise MqttProtocolError("reader failed earlier", code=_R.PROTOCOL_ERROR)
+        if self._pos:  # one compaction per receive, not one per packet
+            del self._buf[: self._pos]
+            self._pos = 0
         if len(self._buf) + len(data) > self.max_buffer_size:
             raise self._fail(
                 MqttProtocolError(
@@ -930,10 +934,11 @@ class PacketReader:
 
     def _next_packet(self) -> Packet | NeedData:
         buf = self._buf
-        n = len(buf)
+        p = self._pos  # packets before it are decoded; compacted in receive_data
+        n = len(buf) - p
         if not n:
             return NEED_DATA
-        first = buf[0]
+        first = buf[p]
         try:
             ptype = PacketType(first >> 4)
         except ValueError:
@@ -957,7 +962,7 @@ class PacketReader:
         for i, shift in ((1, 0), (2, 7), (3, 14), (4, 21)):
             if i >= n:
                 return NEED_DATA
-            byte = buf[i]
+            byte = buf[p + i]
             remaining |= (byte & 0x7F) << shift
             if not byte & 0x80:
                 if byte == 0 and shift:
@@ -975,12 +980,12 @@ class PacketReader:
         if n < total:
             return NEED_DATA
         if version is None:  # only CONNECT gets here (see the table)
-            version = MQTT_5 if self._peek_level(header, total) == MQTT_5 else MQTT_3_1_1
+            version = MQTT_5 if self._peek_level(p + header, p + total) == MQTT_5 else MQTT_3_1_1
         with memoryview(buf) as mv:
-            cur = _Cursor(mv, header, total)
+            cur = _Cursor(mv, p + header, p + total)
             packet = _DECODERS[ptype](cur, flags, version)
-            if cur.pos != total:
-                raise _malformed(f"{total - cur.pos} bytes left over after {ptype.name}")
+            if cur.pos != p + total:
+                raise _malformed(f"{p + total - cur.pos} bytes left over after {ptype.name}")
             del cur
         if ptype is _PT.CONNECT:
             if self._version is not None and version != self._version:
@@ -990,11 +995,12 @@ class PacketReader:
                 )
             self._version = version
         _validate(packet, version, MqttProtocolError)
-        del buf[:total]
+        self._pos = p + total
         self._state = new_state
         return packet
 
     def _peek_level(self, header: int, total: int) -> int:
         # CONNECT starts with the string "MQTT" (2 + 4 bytes) and then the level.
+        # ``header`` and ``total`` are positions in the buffer.
         at = header + 6
         return self._buf[at] if at < total else 0
