@@ -9,16 +9,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from frontends.mqtt import MQTT_3_1_1, MQTT_5, Message, Properties, Publish, encode
-from frontends.mqtt.codec import encode_properties, encode_publish
+from frontends.mqtt import (
+    MQTT_3_1_1,
+    MQTT_5,
+    Message,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    encode,
+)
+from frontends.mqtt.codec import encode_ack, encode_properties, encode_publish
 from frontends.mqtt.messages import message_from_record, message_to_record
 from frontends.mqtt.sessions import Session
 from frontends.mqtt.store import SessionStore, StoredDelivery
 from journal.segments.batch import decode_batch, encode_batch
 
-_text = st.text(
-    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20
-)
+_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
 _topics = (
     st.lists(_text.filter(lambda s: "+" not in s and "#" not in s), min_size=1, max_size=4)
     .map("/".join)
@@ -108,6 +117,17 @@ def test_the_forwarding_encoder_matches_encode(
     )
     block = encode_properties(props) if version == MQTT_5 else None
     assert encode_publish(topic.encode(), payload, qos, retain, dup, packet_id, block) == expected
+
+
+@given(
+    packet_type=st.sampled_from([Puback, Pubrec, Pubrel, Pubcomp]),
+    packet_id=st.integers(1, 65535),
+    version=st.sampled_from([MQTT_3_1_1, MQTT_5]),
+)
+def test_the_short_ack_encoder_matches_encode(
+    packet_type: type[Puback | Pubrec | Pubrel | Pubcomp], packet_id: int, version: int
+) -> None:
+    assert encode_ack(packet_type.TYPE, packet_id) == encode(packet_type(packet_id), version)
 
 
 def test_packet_ids_skip_those_in_flight_and_wrap() -> None:

@@ -549,6 +549,13 @@ def encode_properties(props: Properties) -> bytes:
     return bytes(out)
 
 
+def encode_ack(packet_type: PacketType, packet_id: int) -> bytes:
+    """PUBACK/PUBREC/PUBREL/PUBCOMP with reason 0 and no properties: 4 bytes in both versions."""
+    return bytes(
+        ((packet_type << 4) | _FIXED_FLAGS[packet_type], 2, packet_id >> 8, packet_id & 0xFF)
+    )
+
+
 def encode_publish(
     topic: bytes,
     payload: bytes,

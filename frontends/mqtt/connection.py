@@ -25,7 +25,15 @@ import trio
 from journal.errors import StrataError, leaf_exceptions
 
 from .broker import Broker, ConnectRefused
-from .codec import MQTT_5, NEED_DATA, PacketReader, encode, encode_properties, encode_publish
+from .codec import (
+    MQTT_5,
+    NEED_DATA,
+    PacketReader,
+    encode,
+    encode_ack,
+    encode_properties,
+    encode_publish,
+)
 from .errors import ConnectReturnCode, MqttProtocolError, ReasonCode
 from .messages import Message
 from .packets import (
@@ -34,6 +42,7 @@ from .packets import (
     Connect,
     Disconnect,
     Packet,
+    PacketType,
     Pingreq,
     Pingresp,
     Properties,
@@ -70,6 +79,9 @@ _V3_CONNACK_ERRORS = (
     ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
 )
+
+
+_ACK_TYPES = {1: PacketType.PUBACK, 2: PacketType.PUBREC}
 
 
 class _Closed(Exception):
@@ -376,11 +388,15 @@ class Connection:
                 raise  # 3.1.1 has no negative acknowledgement: close, the client resends
             code = ReasonCode.UNSPECIFIED_ERROR
             log.warning("MQTT publish failed", exc_info=True)
+        outbox = self._outbox
         for p in packets:
-            if p.qos == 1:
-                self._queue(Puback(p.packet_id or 0, code))
-            elif p.qos == 2:
-                self._queue(Pubrec(p.packet_id or 0, code))
+            if p.qos and p.packet_id:
+                if code:
+                    ack = Puback if p.qos == 1 else Pubrec
+                    outbox += encode(ack(p.packet_id, code), self.version)
+                else:
+                    outbox += encode_ack(_ACK_TYPES[p.qos], p.packet_id)
+        self._wakeup.set()
         await self._flushed_enough()
 
     def _resolve_topic(self, p: Publish) -> str:
