@@ -25,7 +25,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-
 from strata_process import StrataProcess
 
 __all__ = [
@@ -54,7 +53,9 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{os.getpid()}-{next(_counter)}-{time.monotonic_ns() % 1_000_000}"
 
 
-def start_mqtt_server(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> StrataProcess:
+def start_mqtt_server(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> StrataProcess:
     """``strata start`` with every listener on a free port, waited until ready."""
     process = StrataProcess(data_dir, *args, env={**TEST_ENV, **(env or {})})
     try:
@@ -96,7 +97,7 @@ class Received:
 
 def publish_properties(**values: Any) -> Properties:
     """paho PUBLISH properties from keyword arguments (``UserProperty=[(k, v)]`` etc.)."""
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     for name, value in values.items():
         setattr(props, name, value)
     return props
@@ -148,7 +149,11 @@ class Client:
         kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": version}
         if version != V5:
             kwargs["clean_session"] = clean
-        self.paho = paho.Client(CallbackAPIVersion.VERSION2, transport=transport, **kwargs)
+        self.paho = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            transport=transport,  # type: ignore[arg-type]
+            **kwargs,
+        )
         if transport == "websockets":
             self.paho.ws_set_options(path="/mqtt")
         if tls is not None:
@@ -169,7 +174,7 @@ class Client:
         connect_args: dict[str, Any] = {"keepalive": keepalive}
         if version == V5:
             if properties is None and session_expiry is not None:
-                properties = Properties(PacketTypes.CONNECT)
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if session_expiry is not None:
                 assert properties is not None
                 properties.SessionExpiryInterval = session_expiry
@@ -182,11 +187,15 @@ class Client:
 
     # -- paho callbacks (network thread) ------------------------------------------
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
         with self.events.lock:
             self.events.connacks.append((rc, bool(flags.session_present), props))
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
         with self.events.lock:
             self.events.disconnects.append((rc, props))
 
@@ -203,7 +212,9 @@ class Client:
         with self.events.lock:
             self.events.messages.append(received)
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: list[ReasonCode], props: Any) -> None:
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
+    ) -> None:
         with self.events.lock:
             self.events.subacks[mid] = list(codes)
 
@@ -246,18 +257,22 @@ class Client:
             )
             props = None
             if subscription_id is not None:
-                props = Properties(PacketTypes.SUBSCRIBE)
+                props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
                 props.SubscriptionIdentifier = subscription_id
             rc, mid = self.paho.subscribe(topic_filter, options=options, properties=props)
         else:
             rc, mid = self.paho.subscribe(topic_filter, qos)
         assert rc == paho.MQTT_ERR_SUCCESS, rc
+        assert mid is not None
         return wait_for(lambda: self.events.subacks.get(mid), what=f"SUBACK {topic_filter}")  # type: ignore[no-any-return]
 
     def unsubscribe(self, topic_filter: str) -> list[ReasonCode]:
         rc, mid = self.paho.unsubscribe(topic_filter)
         assert rc == paho.MQTT_ERR_SUCCESS, rc
-        return wait_for(lambda: mid in self.events.unsubacks and self.events.unsubacks[mid] or [True])  # type: ignore[no-any-return]
+        assert mid is not None
+        # Wait for the UNSUBACK itself (3.1.1's has no reason codes: an empty list).
+        wait_for(lambda: mid in self.events.unsubacks, what=f"UNSUBACK {topic_filter}")
+        return self.events.unsubacks[mid]
 
     def publish(
         self,
@@ -280,9 +295,13 @@ class Client:
         with self.events.lock:
             return [m for m in self.events.messages if topic is None or m.topic == topic]
 
-    def expect(self, count: int, topic: str | None = None, timeout: float = TIMEOUT) -> list[Received]:
+    def expect(
+        self, count: int, topic: str | None = None, timeout: float = TIMEOUT
+    ) -> list[Received]:
         """Wait until at least ``count`` messages (on ``topic``) arrived; return them all."""
-        wait_for(lambda: len(self.messages(topic)) >= count, timeout, f"{count} messages on {topic}")
+        wait_for(
+            lambda: len(self.messages(topic)) >= count, timeout, f"{count} messages on {topic}"
+        )
         return self.messages(topic)
 
     def barrier(self, publisher: Client, topic: str) -> list[Received]:

@@ -520,17 +520,38 @@ class Connection:
                 self._wakeup = trio.Event()
 
     async def _resend(self, session: Session) -> None:
-        """After a reconnect: unacknowledged PUBLISHes again with DUP, and PUBRELs."""
+        """After a reconnect: unacknowledged PUBLISHes again with DUP, and PUBRELs.
+
+        Within the new connection's limits: beyond its Receive Maximum they go
+        back to the head of the queue (to get new packet ids), and one larger
+        than its Maximum Packet Size is dropped, as for any delivery.
+        """
         pending = list(session.inflight.values())
         await self.broker.load_messages([d for d in pending if d.message is None])
         out = bytearray()
+        requeue: list[Delivery] = []
+        sent = 0
         for d in pending:
             if d.state is DeliveryState.RELEASED:
-                out += encode(Pubrel(d.packet_id), self.version)
-            elif d.message is None:
-                self.broker.complete(session, d.packet_id, d.qos)  # gone by retention
+                out += encode_ack(PacketType.PUBREL, d.packet_id)
+                sent += 1
+                continue
+            del session.inflight[d.packet_id]
+            if d.message is None:  # removed by retention meanwhile
+                self.broker.forget(session, d)
+            elif sent >= self.window:
+                d.state, d.packet_id = DeliveryState.QUEUED, 0
+                requeue.append(d)
             else:
-                out += self._encode_publish(d, dup=True)
+                data = self._encode_publish(d, dup=True)
+                if self.client_max_packet and len(data) > self.client_max_packet:
+                    self.broker.counters.too_large += 1
+                    self.broker.forget(session, d)
+                    continue
+                session.inflight[d.packet_id] = d
+                out += data
+                sent += 1
+        session.queue.extendleft(reversed(requeue))
         if out:
             await self._send(out)
 
