@@ -173,8 +173,10 @@ class Connection:
             with self._scope:
                 will = await self._serve()
             if self._kicked is not None:
-                will = True
                 code, reason = self._kicked
+                # a takeover publishes the will; a server stopping does not (it cannot
+                # store it any more, and the client did nothing wrong)
+                will = code is not ReasonCode.SERVER_SHUTTING_DOWN
                 await self._say_goodbye(code, reason)
         except MqttProtocolError as exc:
             counters.protocol_errors += 1

@@ -32,7 +32,12 @@ from crc32c import crc32c
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from journal.config import StreamConfig
-from journal.errors import OffsetOutOfRangeError, StorageError, StrataError
+from journal.errors import (
+    InvalidArgumentError,
+    OffsetOutOfRangeError,
+    StorageError,
+    StrataError,
+)
 from journal.segments.batch import decode_batch, encode_batch
 from journal.service import JournalService
 
@@ -105,6 +110,19 @@ class ShardLog:
         return crc32c(topic.encode()) % self.shards
 
     async def create_streams(self) -> None:
+        # Fewer shards than an earlier run would strand the messages (and the
+        # session pointers into them) in the shards beyond: refuse to start.
+        earlier = [
+            int(name[len(SHARD_PREFIX) :])
+            for name in await self.journal.list_streams()
+            if name.startswith(SHARD_PREFIX) and name[len(SHARD_PREFIX) :].isdigit()
+        ]
+        if earlier and max(earlier) >= self.shards:
+            raise InvalidArgumentError(
+                f"mqtt.shards is {self.shards} but the journal holds {SHARD_PREFIX}"
+                f"{max(earlier)} from an earlier run; the shard count is fixed once the "
+                f"first broker ran (set it back to {max(earlier) + 1})"
+            )
         for name in self.names:
             await self.journal.create_stream(name, self.stream_config, exist_ok=True)
 
