@@ -149,6 +149,8 @@ class Client:
         kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": version}
         if version != V5:
             kwargs["clean_session"] = clean
+        # a client the server disconnects stays disconnected (paho would redial in 1 s)
+        kwargs["reconnect_on_failure"] = False
         self.paho = paho.Client(
             CallbackAPIVersion.VERSION2,
             transport=transport,  # type: ignore[arg-type]

@@ -179,7 +179,10 @@ class Connection:
                 will = code is not ReasonCode.SERVER_SHUTTING_DOWN
                 await self._say_goodbye(code, reason)
         except MqttProtocolError as exc:
-            counters.protocol_errors += 1
+            if exc.reason_code is not ReasonCode.KEEP_ALIVE_TIMEOUT:
+                counters.protocol_errors += 1
+            if self.session is None and self.reader.version is not None:
+                self.version = self.reader.version  # a v5 CONNECT that failed its checks
             will = True
             log.debug("protocol error from an MQTT client: %s", exc)
             await self._say_goodbye(exc.reason_code, str(exc))
