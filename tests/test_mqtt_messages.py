@@ -219,3 +219,17 @@ def test_a_store_in_use_is_refused(tmp_path: Path) -> None:
 
     with SessionStore.open(tmp_path), pytest.raises(StorageError, match="another process"):
         SessionStore.open(tmp_path)
+
+
+async def test_the_shard_count_cannot_change_under_existing_data(tmp_path: Path) -> None:
+    from frontends.mqtt import Broker, BrokerSettings
+    from journal import Journal
+    from journal.errors import StorageError
+
+    async with Journal.open(tmp_path / "journal") as journal:
+        with SessionStore.open(tmp_path / "mqtt") as store:
+            assert store.shards(4) == 4
+            assert store.shards(8) == 4  # the first answer sticks
+            broker = Broker(journal, store, settings=BrokerSettings(shards=8))
+            with pytest.raises(StorageError, match="set mqtt.shards = 4"):
+                await broker.run()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from journal.config import StreamConfig
+from journal.errors import StorageError
 from journal.service import JournalService
 from meta.users import UserStore
 
@@ -159,6 +160,13 @@ class Broker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load and recover the state, then serve until cancelled."""
+        made_with = self.store.shards(self.settings.shards)
+        if made_with != self.settings.shards:
+            raise StorageError(
+                f"mqtt.shards is {self.settings.shards} but this broker's data was made with "
+                f"{made_with} shards: topics would move between shards and lose their order; "
+                f"set mqtt.shards = {made_with}"
+            )
         await self.shard_log.create_streams()
         self._load()
         await self._recover()

@@ -314,6 +314,14 @@ class SessionStore:
             out[key[2:].decode()] = message_from_record(records[0])
         return out
 
+    def shards(self, default: int) -> int:
+        """The shard count this store was made with; a new store takes ``default``."""
+        raw = self._db.get(b"meta/shards")
+        if raw is None:
+            self._db.put(b"meta/shards", str(default).encode(), self._sync)
+            return default
+        return int(bytes(raw))
+
     def routed(self, shard: int) -> int:
         raw = self._db.get(b"routed/" + _U16.pack(shard))
         return 0 if raw is None else _U64.unpack(bytes(raw))[0]
