@@ -231,5 +231,5 @@ async def test_the_shard_count_cannot_change_under_existing_data(tmp_path: Path)
             assert store.shards(4) == 4
             assert store.shards(8) == 4  # the first answer sticks
             broker = Broker(journal, store, settings=BrokerSettings(shards=8))
-            with pytest.raises(StorageError, match="set mqtt.shards = 4"):
+            with pytest.raises(StorageError, match=r"set mqtt\.shards = 4"):
                 await broker.run()
