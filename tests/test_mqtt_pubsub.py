@@ -63,6 +63,7 @@ LIMITS_ENV = {
     "STRATA_MQTT_MAX_PACKET_SIZE": "256",
     "STRATA_MQTT_MAX_QUEUED": "5",
     "STRATA_MQTT_MAX_SUBSCRIPTIONS": "2",
+    "STRATA_MQTT_RECEIVE_MAXIMUM": "10",
 }
 
 
@@ -82,7 +83,7 @@ def port(server: StrataProcess) -> int:
 
 @pytest.fixture(scope="module")
 def limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrataProcess]:
-    """A server with max packet size 256, 5 queued messages and 2 subscriptions per session."""
+    """Packets of 256 B, 5 queued messages, 2 subscriptions per session, Receive Maximum 10."""
     with start_mqtt_server(tmp_path_factory.mktemp("mqtt-limits"), env=LIMITS_ENV) as process:
         yield process
 
@@ -940,3 +941,16 @@ def test_shared_subscription_redelivers_when_a_paho_member_drops(port: int, vers
         wait_for(lambda: len(b.messages(topic)) >= len(sent), what="redelivery to b")
         b.barrier(pub, f"{topic}/marker")
         assert sorted(payloads(b.messages(topic))) == sorted(sent)
+
+
+def test_a_v5_client_beyond_our_receive_maximum_is_disconnected(limits_port: int) -> None:
+    raw = Raw(limits_port)
+    assert raw.connack.properties.receive_maximum == 10
+    topic = unique("recvmax")
+    for pid in range(1, 11):  # ten QoS 2 PUBLISHes awaiting PUBREL: the most allowed
+        raw.send(Publish(topic, b"x", qos=2, packet_id=pid))
+        assert raw.expect(Pubrec).packet_id == pid
+    raw.send(Publish(topic, b"x", qos=2, packet_id=11))
+    (goodbye,) = raw.until_closed()
+    assert isinstance(goodbye, Disconnect)
+    assert goodbye.reason_code == 0x93  # Receive Maximum exceeded

@@ -384,6 +384,8 @@ class Connection:
                 batch_qos2.add(p.packet_id)
             message = Message.from_publish(p, topic, session.client_id, now)
             entries.append(Submission(message, p.packet_id or 0 if p.qos == 2 else 0, session))
+        if self.version == MQTT_5:
+            self._check_receive_maximum(session, packets)
         code = ReasonCode.SUCCESS
         try:
             if entries:
@@ -403,6 +405,22 @@ class Connection:
                     outbox += encode_ack(_ACK_TYPES[p.qos], p.packet_id)
         self._wakeup.set()
         await self._flushed_enough()
+
+    def _check_receive_maximum(self, session: Session, packets: Sequence[Publish]) -> None:
+        """v5: the client may not have more QoS 1/2 PUBLISHes unacknowledged than we allow.
+
+        Those of one read are all unacknowledged at once, with the QoS 2 ones
+        still awaiting PUBREL.
+        """
+        limit = self.broker.settings.receive_maximum
+        if len(packets) + len(session.inbound) <= limit:
+            return  # the common case, without counting
+        unacked = sum(1 for p in packets if p.qos) + len(session.inbound)
+        if unacked > limit:
+            raise MqttProtocolError(
+                f"{unacked} QoS 1/2 PUBLISHes unacknowledged, more than Receive Maximum {limit}",
+                code=ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+            )
 
     def _resolve_topic(self, p: Publish) -> str:
         alias = p.properties.topic_alias
