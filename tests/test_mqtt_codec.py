@@ -733,7 +733,7 @@ MALFORMED: list[tuple[str, int | None, bytes, ReasonCode]] = [
     ),
     ("unknown property", MQTT_5, h("30 06 0001'a' 02 05 00"), R.MALFORMED_PACKET),
     ("property past its block", MQTT_5, h("30 06 0001'a' 02 23 00"), R.MALFORMED_PACKET),
-    ("topic alias 0", MQTT_5, h("30 07 0001'a' 03 23 0000"), R.PROTOCOL_ERROR),
+    ("topic alias 0", MQTT_5, h("30 07 0001'a' 03 23 0000"), R.TOPIC_ALIAS_INVALID),
     ("payload format 2", MQTT_5, h("30 06 0001'a' 02 01 02"), R.PROTOCOL_ERROR),
     ("payload not UTF-8", MQTT_5, h("30 07 0001'a' 02 01 01 FF"), R.PAYLOAD_FORMAT_INVALID),
     ("two SUBSCRIBE ids", MQTT_5, h("82 0B 0001 04 0B01 0B02 0001'a' 00"), R.PROTOCOL_ERROR),

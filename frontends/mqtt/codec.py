@@ -34,6 +34,7 @@ from .errors import (
     ReasonCode,
 )
 from .packets import (
+    NO_PROPERTIES,
     PROPERTY_TABLE,
     Auth,
     Connack,
@@ -145,7 +146,7 @@ _BOOLEAN_PROPERTIES = frozenset(
     }
 )
 _NONZERO_PROPERTIES = frozenset({"receive_maximum", "topic_alias", "maximum_packet_size"})
-_NO_PROPERTIES = Properties()
+_NO_PROPERTIES = NO_PROPERTIES  # the shared instance: is_empty() is then an identity check
 
 
 # ----------------------------------------------------------------- reader state
@@ -220,7 +221,9 @@ def _check_property_value(name: str, typ: PropertyType, v: Any, err: _Err) -> No
         top = _MAX_U16 if typ is PropertyType.U16 else _MAX_U32
         low = 1 if name in _NONZERO_PROPERTIES else 0
         if not low <= v <= top:
-            raise err(f"property {name} = {v} out of range {low}..{top}", code=_R.PROTOCOL_ERROR)
+            # a topic alias of 0 has its own code (spec 3.3.2.3.4)
+            code = _R.TOPIC_ALIAS_INVALID if name == "topic_alias" else _R.PROTOCOL_ERROR
+            raise err(f"property {name} = {v} out of range {low}..{top}", code=code)
     elif typ is PropertyType.VARINT and not 0 < v <= MAX_REMAINING_LENGTH:
         raise err(f"subscription identifier {v} out of range", code=_R.PROTOCOL_ERROR)
 
