@@ -871,6 +871,48 @@ _DECODERS: dict[PacketType, Callable[[_Cursor, int, int], Packet]] = {
 }
 
 
+_TYPES: tuple[PacketType | None, ...] = (None, *(PacketType(t) for t in range(1, 16)))
+
+
+def _fast_publish(
+    buf: bytearray, start: int, end: int, flags: int, version: int | None
+) -> Publish | None:
+    """The common PUBLISH (no properties) decoded and checked without the generic path.
+
+    Returns None for anything else, valid or not: the generic decoder then
+    decides, so errors and their reason codes stay the generic ones.
+    """
+    if end - start < 2:
+        return None
+    pos = start + 2 + ((buf[start] << 8) | buf[start + 1])
+    if pos > end:
+        return None
+    try:
+        topic = buf[start + 2 : pos].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not topic or "\x00" in topic or "+" in topic or "#" in topic:
+        return None
+    qos = (flags >> 1) & 0x03
+    packet_id = None
+    if qos:
+        if pos + 2 > end:
+            return None
+        packet_id = (buf[pos] << 8) | buf[pos + 1]
+        if not packet_id:
+            return None
+        pos += 2
+    elif flags & 0x08:  # DUP on QoS 0
+        return None
+    if version == MQTT_5:
+        if pos >= end or buf[pos]:  # properties present: the generic path reads them
+            return None
+        pos += 1
+    return Publish(
+        topic, bytes(buf[pos:end]), qos, bool(flags & 1), bool(flags & 8), packet_id, NO_PROPERTIES
+    )
+
+
 class PacketReader:
     """Bytes in, packets out; one per connection direction.
 
@@ -949,10 +991,9 @@ class PacketReader:
         if not n:
             return NEED_DATA
         first = buf[p]
-        try:
-            ptype = PacketType(first >> 4)
-        except ValueError:
-            raise _malformed("packet type 0 is reserved") from None
+        ptype = _TYPES[first >> 4]
+        if ptype is None:
+            raise _malformed("packet type 0 is reserved")
         version = self._version
         if ptype is _PT.AUTH and version == MQTT_3_1_1:
             raise _malformed("packet type 15 is reserved in 3.1.1")
@@ -989,6 +1030,11 @@ class PacketReader:
             )
         if n < total:
             return NEED_DATA
+        if ptype is _PT.PUBLISH and self._state is _S.OPEN:
+            fast = _fast_publish(buf, p + header, p + total, flags, version)
+            if fast is not None:
+                self._pos = p + total
+                return fast
         if version is None:  # only CONNECT gets here (see the table)
             version = MQTT_5 if self._peek_level(p + header, p + total) == MQTT_5 else MQTT_3_1_1
         with memoryview(buf) as mv:

@@ -87,12 +87,22 @@ class Message:
 
 
 def message_to_record(message: Message) -> Record:
+    """The record of ``message``; a QoS 0 message does not name its publisher.
+
+    The publisher is kept for no-local when a QoS 1/2 message is routed again
+    from the journal after a power loss (QoS 0 messages never are), and with
+    retained messages.
+    """
+    qos = message.qos
+    plain = not qos and not message.retain and message.expiry_at is None
+    if plain and message.properties.is_empty():
+        return Record(value=message.payload, key=message.topic.encode(), headers=[])
     headers: list[Header] = []
-    if message.qos:
-        headers.append((H_QOS, bytes((message.qos,))))
+    if qos:
+        headers.append((H_QOS, bytes((qos,))))
     if message.retain:
         headers.append((H_RETAIN, b"\x01"))
-    if message.origin:
+    if message.origin and (qos or message.retain):
         headers.append((H_CLIENT, message.origin.encode()))
     if message.expiry_at is not None:
         headers.append((H_EXPIRY, _U64.pack(message.expiry_at)))
