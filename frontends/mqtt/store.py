@@ -2,7 +2,10 @@
 
 How it works (``docs/mqtt-storage.md`` has the why):
 
-* :class:`ShardLog` owns the ``mqtt.messages.<n>`` streams. A topic's shard is
+* :class:`ShardLog` owns the ``mqtt.messages.<n>`` streams (QoS 1/2 and
+  retained messages, under the broker's fsync policy) and the
+  ``mqtt.qos0.<n>`` streams (plain QoS 0 messages, never fsynced: nobody
+  waits for them, and they are never routed again). A topic's shard is
   ``crc32c(topic) % shards``. Connections hand it lists of messages; one
   writer task per shard takes everything queued since its last append and
   appends it as one batch, so concurrent publishers share appends and fsyncs
@@ -44,6 +47,7 @@ from journal.service import JournalService
 from .messages import Message, message_from_record, message_to_record
 
 __all__ = [
+    "QOS0_PREFIX",
     "SHARD_PREFIX",
     "SessionStore",
     "ShardLog",
@@ -53,6 +57,8 @@ __all__ = [
 ]
 
 SHARD_PREFIX = "mqtt.messages."
+QOS0_PREFIX = "mqtt.qos0."
+_QOS0_CONFIG = StreamConfig(fsync="none")
 MAX_PENDING_BYTES = 16 << 20  # per shard: publishers wait beyond this (back-pressure)
 
 _POINTER = struct.Struct(">HQBBHBB")  # shard, offset, qos, retain, packet id, state, n sub ids
@@ -99,10 +105,14 @@ class ShardLog:
         self.shards = shards
         self.on_stored = on_stored
         self.stream_config = stream_config
+        # streams 0..S-1 hold QoS 1/2 and retained messages; S..2S-1 plain QoS 0 ones,
+        # which nobody waits for: they are never fsynced, and never wait behind one
         self.names = [f"{SHARD_PREFIX}{n}" for n in range(shards)]
-        self._pending = [_Pending() for _ in range(shards)]
-        self._work = [trio.lowlevel.ParkingLot() for _ in range(shards)]
-        self._space = [trio.lowlevel.ParkingLot() for _ in range(shards)]
+        self.names += [f"{QOS0_PREFIX}{n}" for n in range(shards)]
+        streams = len(self.names)
+        self._pending = [_Pending() for _ in range(streams)]
+        self._work = [trio.lowlevel.ParkingLot() for _ in range(streams)]
+        self._space = [trio.lowlevel.ParkingLot() for _ in range(streams)]
         self.appends = 0
         self.failures = 0
 
@@ -123,13 +133,15 @@ class ShardLog:
                 f"{max(earlier)} from an earlier run; the shard count is fixed once the "
                 f"first broker ran (set it back to {max(earlier) + 1})"
             )
-        for name in self.names:
+        for name in self.names[: self.shards]:
             await self.journal.create_stream(name, self.stream_config, exist_ok=True)
+        for name in self.names[self.shards :]:
+            await self.journal.create_stream(name, _QOS0_CONFIG, exist_ok=True)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for shard in range(self.shards):
-                nursery.start_soon(self._writer, shard)
+            for stream in range(len(self.names)):
+                nursery.start_soon(self._writer, stream)
             task_status.started()
 
     async def store(self, entries: Sequence[Submission], *, wait: bool) -> None:
@@ -139,7 +151,10 @@ class ShardLog:
         """
         touched: list[_Pending] = []
         for entry in entries:
-            shard = self.shard_of(entry.message.topic)
+            message = entry.message
+            shard = self.shard_of(message.topic)
+            if not message.qos and not message.retain:
+                shard += self.shards
             while self._pending[shard].size > MAX_PENDING_BYTES:
                 await self._space[shard].park()
             pending = self._pending[shard]
@@ -172,7 +187,8 @@ class ShardLog:
                 pending.error = exc
             else:
                 self.appends += 1
-                self.on_stored(shard, result.base_offset, pending.entries)
+                if shard < self.shards:
+                    self.on_stored(shard, result.base_offset, pending.entries)
             pending.done.set()
 
     async def fetch(self, shard: int, offsets: Sequence[int]) -> dict[int, Message]:
