@@ -954,3 +954,30 @@ def test_a_v5_client_beyond_our_receive_maximum_is_disconnected(limits_port: int
     (goodbye,) = raw.until_closed()
     assert isinstance(goodbye, Disconnect)
     assert goodbye.reason_code == 0x93  # Receive Maximum exceeded
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_packets_sent_with_the_connect_are_handled_at_once(port: int, version: int) -> None:
+    """A client may pipeline CONNECT, SUBSCRIBE and PUBLISH in one write."""
+    level = LEVEL[version]
+    topic = unique("pipelined")
+    burst = (
+        encode(Connect(unique("pipe"), True, 60), level)
+        + encode(Subscribe(1, (Subscription(topic, 1),)), level)
+        + encode(Publish(topic, b"to myself", qos=1, packet_id=2), level)
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(burst)
+        reader = PacketReader(version=level)
+        got: list[Any] = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(got) < 4 and time.monotonic() < deadline:
+            packet = reader.next_packet()
+            if packet is NEED_DATA:
+                reader.receive_data(sock.recv(65536))
+            else:
+                got.append(packet)
+    kinds = sorted(type(p).__name__ for p in got)
+    assert kinds == ["Connack", "Puback", "Publish", "Suback"], got
+    assert isinstance(got[0], Connack)
+    assert next(p for p in got if isinstance(p, Publish)).payload == b"to myself"

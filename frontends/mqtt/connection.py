@@ -332,6 +332,7 @@ class Connection:
         counters = self.broker.counters
         timeout = self.keep_alive * 1.5 if self.keep_alive else math.inf
         while True:
+            await self._handle_buffered()  # first: what came with the CONNECT
             if self.keep_alive:
                 with trio.move_on_after(timeout) as idle:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
@@ -346,20 +347,24 @@ class Connection:
                 raise _Closed(will=True)
             counters.bytes_received += len(data)
             reader.receive_data(data)
-            publishes: list[Publish] = []
-            while True:
-                packet = reader.next_packet()
-                if packet is NEED_DATA:
-                    break
-                if isinstance(packet, Publish):
-                    publishes.append(packet)
-                    continue
-                if publishes:
-                    await self._publishes(publishes)
-                    publishes = []
-                await self._handle(packet)  # type: ignore[arg-type]
+
+    async def _handle_buffered(self) -> None:
+        """Handle every whole packet the reader holds, consecutive PUBLISHes as one group."""
+        reader = self.reader
+        publishes: list[Publish] = []
+        while True:
+            packet = reader.next_packet()
+            if packet is NEED_DATA:
+                break
+            if isinstance(packet, Publish):
+                publishes.append(packet)
+                continue
             if publishes:
                 await self._publishes(publishes)
+                publishes = []
+            await self._handle(packet)  # type: ignore[arg-type]
+        if publishes:
+            await self._publishes(publishes)
 
     async def _publishes(self, packets: Sequence[Publish]) -> None:
         session = self.session
