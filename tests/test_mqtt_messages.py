@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from frontends.mqtt import (
     MQTT_3_1_1,
     MQTT_5,
+    Connect,
     Message,
     MqttProtocolError,
     PacketType,
@@ -271,3 +272,17 @@ def test_the_fast_publish_decoder_agrees_with_the_generic_one(
     assert cur.pos == len(body)
     codec._validate(generic, version, MqttProtocolError)
     assert fast == generic
+
+
+@pytest.mark.parametrize("version", [MQTT_3_1_1, MQTT_5])
+def test_a_server_reader_takes_the_fast_path_for_plain_publishes(
+    version: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frontends.mqtt import PacketReader, codec
+
+    reader = PacketReader()
+    reader.receive_data(encode(Connect("c"), version))
+    assert isinstance(reader.next_packet(), Connect)
+    monkeypatch.setattr(codec, "_DECODERS", {})  # the generic path would fail now
+    reader.receive_data(encode(Publish("a/b", b"x", qos=1, packet_id=7), version))
+    assert reader.next_packet() == Publish("a/b", b"x", qos=1, packet_id=7)

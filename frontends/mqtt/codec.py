@@ -1030,7 +1030,7 @@ class PacketReader:
             )
         if n < total:
             return NEED_DATA
-        if ptype is _PT.PUBLISH and self._state is _S.OPEN:
+        if ptype is _PT.PUBLISH and (self._state is _S.CONNECTED or self._state is _S.OPEN):
             fast = _fast_publish(buf, p + header, p + total, flags, version)
             if fast is not None:
                 self._pos = p + total
