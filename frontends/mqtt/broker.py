@@ -54,7 +54,7 @@ _TAKEOVER_TIMEOUT = 10.0
 class BrokerSettings:
     """Limits and choices of one broker (``[mqtt]`` in ``strata.toml``)."""
 
-    shards: int = 16
+    shards: int = 1
     fsync: str = "always"  # the shard streams' fsync policy
     max_packet_size: int = 1 << 20
     receive_maximum: int = 1024  # QoS 1/2 PUBLISHes a client may have unacknowledged
@@ -507,10 +507,11 @@ class Broker:
         return found
 
     def _route(self, message: Message, shard: int, offset: int, batch: object, now: int) -> None:
-        if message.expired(now):
+        if message.expiry_at is not None and message.expired(now):
             self.counters.expired += 1
             return
-        plain, shared = self._matches(message.topic)
+        found = self._match_cache.get(message.topic)
+        plain, shared = found if found is not None else self._matches(message.topic)
         for cid, pairs in plain.items():
             qos = -1
             ids: list[int] = []

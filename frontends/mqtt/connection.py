@@ -378,7 +378,8 @@ class Connection:
                 raise MqttProtocolError(
                     f"clients may not publish to {topic!r}", code=ReasonCode.TOPIC_NAME_INVALID
                 )
-            if topic.count("/") + 1 > self.broker.settings.max_topic_levels:
+            levels = self.broker.settings.max_topic_levels
+            if len(topic) >= levels and topic.count("/") + 1 > levels:
                 raise MqttProtocolError(
                     f"topic has more than {self.broker.settings.max_topic_levels} levels",
                     code=ReasonCode.TOPIC_NAME_INVALID,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from journal.records import Header, Record
 
-from .packets import Properties, Publish
+from .packets import NO_PROPERTIES, Properties, Publish
 
 __all__ = ["Message", "message_from_record", "message_to_record"]
 
@@ -51,6 +51,8 @@ class Message:
     def from_publish(cls, packet: Publish, topic: str, origin: str, now_ms: int) -> Message:
         """The message of a PUBLISH whose topic (alias resolved) is ``topic``."""
         props = packet.properties
+        if props is NO_PROPERTIES:  # the common case, without keywords
+            return cls(topic, packet.payload, packet.qos, packet.retain, props, None, origin)
         expiry = props.message_expiry_interval
         forwarded = (
             Properties(

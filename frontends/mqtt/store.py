@@ -117,7 +117,7 @@ class ShardLog:
         self.failures = 0
 
     def shard_of(self, topic: str) -> int:
-        return crc32c(topic.encode()) % self.shards
+        return crc32c(topic.encode()) % self.shards if self.shards > 1 else 0
 
     async def create_streams(self) -> None:
         # Fewer shards than an earlier run would strand the messages (and the
@@ -150,16 +150,17 @@ class ShardLog:
         Raises the journal's error if an append that held them failed.
         """
         touched: list[_Pending] = []
+        shards = self.shards
         for entry in entries:
             message = entry.message
-            shard = self.shard_of(message.topic)
+            shard = crc32c(message.topic.encode()) % shards if shards > 1 else 0
             if not message.qos and not message.retain:
-                shard += self.shards
+                shard += shards
             while self._pending[shard].size > MAX_PENDING_BYTES:
                 await self._space[shard].park()
             pending = self._pending[shard]
             pending.entries.append(entry)
-            pending.size += len(entry.message.payload) + len(entry.message.topic) + 64
+            pending.size += len(message.payload) + len(message.topic) + 64
             if len(pending.entries) == 1:
                 self._work[shard].unpark_all()
             if not touched or touched[-1] is not pending:

@@ -285,9 +285,10 @@ class MqttConfig(_Section):
         metadata=_meta("PEM private key for tls_cert (unset: the key is in tls_cert's file)."),
     )
     shards: int = field(
-        default=16,
+        default=1,
         metadata=_meta(
-            "Message shard streams (mqtt.messages.N); fixed once the first broker ran.",
+            "Message shard streams (mqtt.messages.N, mqtt.qos0.N); fixed once the first broker "
+            "ran. More only helps on disks whose fsyncs run in parallel.",
             _int_range(1, 1024),
         ),
     )
