@@ -66,6 +66,7 @@ log = logging.getLogger("strata.mqtt")
 RECEIVE_SIZE = 64 << 10
 MAX_OUTBOX = 1 << 20  # control bytes queued before the reader waits for the writer
 SEND_BATCH = 256 << 10  # bytes of deliveries per send_all
+WRITER_IDLE = 1.0  # seconds a writer with nothing to send waits before ending
 CLOSE_LINGER = 1.0  # seconds to read after our last packet, so the peer sees it
 
 _V3_REFUSALS = {
@@ -102,9 +103,11 @@ class Connection:
         "_drained",
         "_gone",
         "_kicked",
+        "_nursery",
         "_outbox",
         "_scope",
         "_wakeup",
+        "_writing",
         "broker",
         "client_alias_max",
         "client_max_packet",
@@ -140,14 +143,20 @@ class Connection:
         self._outbox = bytearray()
         self._wakeup = trio.Event()
         self._drained: trio.Event | None = None
-        self._scope = trio.CancelScope()
+        self._scope: trio.CancelScope | None = None  # the nursery's, once serving
+        self._nursery: trio.Nursery | None = None  # where wake() starts the writer
+        self._writing = False
         self._kicked: tuple[ReasonCode, str] | None = None
         self._connect_expiry = 0
 
     # -- called by the broker ----------------------------------------------------
 
     def wake(self) -> None:
+        """Something to send: wake the writer, starting it if it is not running."""
         self._wakeup.set()
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
 
     async def wait_detached(self) -> None:
         """Return once this connection has left its session."""
@@ -160,7 +169,8 @@ class Connection:
         """End this connection from elsewhere (takeover, shutdown) with ``code``."""
         if self._kicked is None:
             self._kicked = (code, reason)
-        self._scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # -- the connection's life -------------------------------------------------
 
@@ -170,8 +180,7 @@ class Connection:
         counters.connections_total += 1
         will = False
         try:
-            with self._scope:
-                will = await self._serve()
+            will = await self._serve()
             if self._kicked is not None:
                 code, reason = self._kicked
                 # a takeover publishes the will; a server stopping does not (it cannot
@@ -210,8 +219,18 @@ class Connection:
         try:
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    await self._read_loop()
+                    self._scope = nursery.cancel_scope  # kick() cancels it
+                    if self._kicked is not None:
+                        return False  # kicked while connecting
+                    assert self.session is not None
+                    await self._resend(self.session)
+                    self._nursery = nursery
+                    try:
+                        if self.session.queue:
+                            self.wake()
+                        await self._read_loop()
+                    finally:
+                        self._nursery = None  # closing: goodbyes are sent directly
             except BaseExceptionGroup as group:  # the reader's or the writer's end
                 leaves = leaf_exceptions(group)
                 first = next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
@@ -409,7 +428,7 @@ class Connection:
                     outbox += encode(ack(p.packet_id, code), self.version)
                 else:
                     outbox += encode_ack(_ACK_TYPES[p.qos], p.packet_id)
-        self._wakeup.set()
+        self.wake()
         await self._flushed_enough()
 
     def _check_receive_maximum(self, session: Session, packets: Sequence[Publish]) -> None:
@@ -512,7 +531,7 @@ class Connection:
 
     def _queue(self, packet: Packet) -> None:
         self._outbox += encode(packet, self.version)
-        self._wakeup.set()
+        self.wake()
 
     async def _flushed_enough(self) -> None:
         while len(self._outbox) > MAX_OUTBOX:
@@ -532,21 +551,31 @@ class Connection:
         self.broker.counters.bytes_sent += len(data)
 
     async def _writer(self) -> None:
+        """Send until idle for WRITER_IDLE s; :meth:`wake` starts it again.
+
+        An idle connection then has one task, not two: that is most of the
+        memory an idle connection costs.
+        """
         session = self.session
         assert session is not None
-        await self._resend(session)
-        while True:
-            out = self._outbox
-            self._outbox = bytearray()
-            if self._drained is not None:
-                self._drained.set()
-            sent = await self._take_deliveries(session, out)
-            if out:
-                await self._send(out)
-                self.broker.counters.sent += sent
-            elif not self._outbox:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
+        try:
+            while True:
+                out = self._outbox
+                self._outbox = bytearray()
+                if self._drained is not None:
+                    self._drained.set()
+                sent = await self._take_deliveries(session, out)
+                if out:
+                    await self._send(out)
+                    self.broker.counters.sent += sent
+                elif not self._outbox:
+                    with trio.move_on_after(WRITER_IDLE):
+                        await self._wakeup.wait()
+                    if not self._wakeup.is_set():
+                        return
+                    self._wakeup = trio.Event()
+        finally:
+            self._writing = False
 
     async def _resend(self, session: Session) -> None:
         """After a reconnect: unacknowledged PUBLISHes again with DUP, and PUBRELs.
@@ -580,44 +609,51 @@ class Connection:
                 session.inflight[d.packet_id] = d
                 out += data
                 sent += 1
-        session.queue.extendleft(reversed(requeue))
+        session.queue[:0] = requeue
         if out:
             await self._send(out)
 
     async def _take_deliveries(self, session: Session, out: bytearray) -> int:
+        """Encode queued deliveries into ``out`` while the window and SEND_BATCH allow."""
         queue = session.queue
         inflight = session.inflight
         taken: list[Delivery] = []
         now = self.broker._wall_ms()
-        while queue and len(out) < SEND_BATCH:
-            if queue[0].qos and len(inflight) >= self.window:
-                break
-            d = queue.popleft()
-            if d.message is None:
-                await self.broker.load_messages([d, *[q for q in queue if q.message is None][:255]])
+        i = 0
+        try:
+            while i < len(queue) and len(out) < SEND_BATCH:
+                d = queue[i]
+                if d.qos and len(inflight) >= self.window:
+                    break
+                i += 1
                 if d.message is None:
-                    self.broker.forget(session, d)  # removed by retention meanwhile
+                    later = [q for q in queue[i : i + 255] if q.message is None]
+                    await self.broker.load_messages([d, *later])
+                    if d.message is None:
+                        self.broker.forget(session, d)  # removed by retention meanwhile
+                        continue
+                if d.message.expiry_at is not None and d.message.expired(now):
+                    self.broker.counters.expired += 1
+                    self.broker.forget(session, d)
                     continue
-            if d.message.expiry_at is not None and d.message.expired(now):
-                self.broker.counters.expired += 1
-                self.broker.forget(session, d)
-                continue
-            if d.qos:
-                d.packet_id = session.allocate_packet_id()
-                d.state = DeliveryState.SENT
-                inflight[d.packet_id] = d
-            aliases = len(self._aliases_out)
-            data = self._encode_publish(d, dup=False)
-            if self.client_max_packet and len(data) > self.client_max_packet:
-                self.broker.counters.too_large += 1  # the spec: discard, as if delivered
-                if len(self._aliases_out) > aliases:  # the client never saw this alias
-                    del self._aliases_out[d.message.topic]
                 if d.qos:
-                    del inflight[d.packet_id]
-                self.broker.forget(session, d)
-                continue
-            out += data
-            taken.append(d)
+                    d.packet_id = session.allocate_packet_id()
+                    d.state = DeliveryState.SENT
+                    inflight[d.packet_id] = d
+                aliases = len(self._aliases_out)
+                data = self._encode_publish(d, dup=False)
+                if self.client_max_packet and len(data) > self.client_max_packet:
+                    self.broker.counters.too_large += 1  # the spec: discard, as if delivered
+                    if len(self._aliases_out) > aliases:  # the client never saw this alias
+                        del self._aliases_out[d.message.topic]
+                    if d.qos:
+                        del inflight[d.packet_id]
+                    self.broker.forget(session, d)
+                    continue
+                out += data
+                taken.append(d)
+        finally:
+            del queue[:i]  # one move for the batch, not one per delivery
         self.broker.record_sent(session, [d for d in taken if d.seq])
         return len(taken)
 
