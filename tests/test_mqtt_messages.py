@@ -275,7 +275,7 @@ def test_the_fast_publish_decoder_agrees_with_the_generic_one(
 
 
 @pytest.mark.parametrize("version", [MQTT_3_1_1, MQTT_5])
-def test_a_server_reader_takes_the_fast_path_for_plain_publishes(
+def test_a_server_reader_takes_the_fast_paths(
     version: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from frontends.mqtt import PacketReader, codec
@@ -286,3 +286,6 @@ def test_a_server_reader_takes_the_fast_path_for_plain_publishes(
     monkeypatch.setattr(codec, "_DECODERS", {})  # the generic path would fail now
     reader.receive_data(encode(Publish("a/b", b"x", qos=1, packet_id=7), version))
     assert reader.next_packet() == Publish("a/b", b"x", qos=1, packet_id=7)
+    for ack in (Puback(1), Pubrec(2), Pubrel(3), Pubcomp(65535)):
+        reader.receive_data(encode(ack, version))
+        assert reader.next_packet() == ack

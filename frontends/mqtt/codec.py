@@ -872,6 +872,12 @@ _DECODERS: dict[PacketType, Callable[[_Cursor, int, int], Packet]] = {
 
 
 _TYPES: tuple[PacketType | None, ...] = (None, *(PacketType(t) for t in range(1, 16)))
+_SHORT_ACKS: dict[PacketType, type[Puback | Pubrec | Pubrel | Pubcomp]] = {
+    _PT.PUBACK: Puback,
+    _PT.PUBREC: Pubrec,
+    _PT.PUBREL: Pubrel,
+    _PT.PUBCOMP: Pubcomp,
+}
 
 
 def _fast_publish(
@@ -1030,11 +1036,17 @@ class PacketReader:
             )
         if n < total:
             return NEED_DATA
-        if ptype is _PT.PUBLISH and (self._state is _S.CONNECTED or self._state is _S.OPEN):
-            fast = _fast_publish(buf, p + header, p + total, flags, version)
-            if fast is not None:
-                self._pos = p + total
-                return fast
+        if self._state is _S.CONNECTED or self._state is _S.OPEN:
+            if ptype is _PT.PUBLISH:
+                fast = _fast_publish(buf, p + header, p + total, flags, version)
+                if fast is not None:
+                    self._pos = p + total
+                    return fast
+            elif remaining == 2 and ptype in _SHORT_ACKS:  # id only: reason 0, no properties
+                packet_id = (buf[p + 2] << 8) | buf[p + 3]
+                if packet_id:
+                    self._pos = p + total
+                    return _SHORT_ACKS[ptype](packet_id)
         if version is None:  # only CONNECT gets here (see the table)
             version = MQTT_5 if self._peek_level(p + header, p + total) == MQTT_5 else MQTT_3_1_1
         with memoryview(buf) as mv:

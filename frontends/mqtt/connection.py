@@ -64,6 +64,7 @@ __all__ = ["Connection"]
 log = logging.getLogger("strata.mqtt")
 
 RECEIVE_SIZE = 64 << 10
+PUBLISH_GROUP = 64  # PUBLISHes handled before other tasks get a turn (latency under load)
 MAX_OUTBOX = 1 << 20  # control bytes queued before the reader waits for the writer
 SEND_BATCH = 256 << 10  # bytes of deliveries per send_all
 WRITER_IDLE = 1.0  # seconds a writer with nothing to send waits before ending
@@ -377,6 +378,10 @@ class Connection:
                 break
             if isinstance(packet, Publish):
                 publishes.append(packet)
+                if len(publishes) >= PUBLISH_GROUP:
+                    await self._publishes(publishes)
+                    publishes = []
+                    await trio.lowlevel.checkpoint()  # let the writers send meanwhile
                 continue
             if publishes:
                 await self._publishes(publishes)
