@@ -35,7 +35,7 @@ from .errors import ReasonCode
 from .messages import Message
 from .packets import Connect, Subscribe, Unsubscribe
 from .sessions import NEVER, Delivery, DeliveryState, Session, SubOptions
-from .store import SessionStore, ShardLog, StoredDelivery, Submission
+from .store import Receipt, SessionStore, ShardLog, StoredDelivery, Submission
 from .subscriptions import SubscriptionIndex
 from .topics import matches, parse_shared
 
@@ -456,10 +456,13 @@ class Broker:
 
     # -- publishing ------------------------------------------------------------
 
-    async def publish(self, entries: list[Submission]) -> None:
-        """Store and route; returns once QoS 1/2 messages are durable and routed."""
+    async def submit(self, entries: list[Submission]) -> Receipt:
+        """Route QoS 0 messages now and queue everything for storing.
+
+        The receipt's ``wait()`` returns once the QoS 1/2 (and retained)
+        messages are durable and routed: then they may be acknowledged.
+        """
         self.counters.received += len(entries)
-        wait = False
         now = self._wall_ms()
         for entry in entries:
             message = entry.message
@@ -467,9 +470,11 @@ class Broker:
                 self._retain(message)
             if message.qos == 0:
                 self._route(message, -1, -1, None, now)
-            else:
-                wait = True
-        await self.shard_log.store(entries, wait=wait)
+        return await self.shard_log.submit(entries)
+
+    async def publish(self, entries: list[Submission]) -> None:
+        """:meth:`submit` and wait for the receipt."""
+        await (await self.submit(entries)).wait()
 
     def _on_stored(
         self, shard: int, base: int, entries: list[Submission], *, replay: bool = False

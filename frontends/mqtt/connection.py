@@ -57,7 +57,7 @@ from .packets import (
     Unsubscribe,
 )
 from .sessions import Delivery, DeliveryState, Session
-from .store import Submission
+from .store import Receipt, Submission
 
 __all__ = ["Connection"]
 
@@ -97,6 +97,8 @@ class Connection:
     """The server side of one MQTT connection over any byte stream."""
 
     __slots__ = (
+        "_acking",
+        "_acks",
         "_aliases_in",
         "_aliases_out",
         "_connect_expiry",
@@ -106,7 +108,9 @@ class Connection:
         "_kicked",
         "_nursery",
         "_outbox",
+        "_pending_qos2",
         "_scope",
+        "_unacked",
         "_wakeup",
         "_writing",
         "broker",
@@ -147,6 +151,10 @@ class Connection:
         self._scope: trio.CancelScope | None = None  # the nursery's, once serving
         self._nursery: trio.Nursery | None = None  # where wake() starts the writer
         self._writing = False
+        self._acks: list[tuple[Receipt, Sequence[Publish]]] = []  # a list: idle, it is small
+        self._acking = False
+        self._unacked = 0  # QoS 1/2 PUBLISHes received and not acknowledged yet
+        self._pending_qos2: set[int] | None = None  # made at the first QoS 2 PUBLISH
         self._kicked: tuple[ReasonCode, str] | None = None
         self._connect_expiry = 0
 
@@ -391,61 +399,88 @@ class Connection:
             await self._publishes(publishes)
 
     async def _publishes(self, packets: Sequence[Publish]) -> None:
+        """Hand a group of PUBLISHes to the broker; their acks follow once stored.
+
+        The reader does not wait for the append: it reads on, so the next
+        PUBLISHes join the next append while this one is being fsynced. The
+        acker sends the acknowledgements in order as each group becomes durable.
+        """
         session = self.session
         assert session is not None
         now = self.broker._wall_ms()
         entries: list[Submission] = []
-        batch_qos2: set[int] = set()  # ids stored by this batch: not in session.inbound yet
+        acked = 0
+        levels = self.broker.settings.max_topic_levels
         for p in packets:
             topic = self._resolve_topic(p)
             if topic.startswith("$"):
                 raise MqttProtocolError(
                     f"clients may not publish to {topic!r}", code=ReasonCode.TOPIC_NAME_INVALID
                 )
-            levels = self.broker.settings.max_topic_levels
             if len(topic) >= levels and topic.count("/") + 1 > levels:
                 raise MqttProtocolError(
-                    f"topic has more than {self.broker.settings.max_topic_levels} levels",
-                    code=ReasonCode.TOPIC_NAME_INVALID,
+                    f"topic has more than {levels} levels", code=ReasonCode.TOPIC_NAME_INVALID
                 )
-            if p.qos == 2 and (p.packet_id in session.inbound or p.packet_id in batch_qos2):
-                continue  # a resent QoS 2 PUBLISH already stored: only PUBREC again
-            if p.qos == 2 and p.packet_id is not None:
-                batch_qos2.add(p.packet_id)
+            if p.qos:
+                acked += 1
+                if p.qos == 2:
+                    pending_qos2 = self._pending_qos2  # ids of stored-soon QoS 2 PUBLISHes
+                    if pending_qos2 is None:
+                        pending_qos2 = self._pending_qos2 = set()
+                    if p.packet_id in session.inbound or p.packet_id in pending_qos2:
+                        continue  # a resent QoS 2 PUBLISH already stored: only PUBREC again
+                    pending_qos2.add(p.packet_id)  # type: ignore[arg-type]
             message = Message.from_publish(p, topic, session.client_id, now)
             entries.append(Submission(message, p.packet_id or 0 if p.qos == 2 else 0, session))
         if self.version == MQTT_5:
-            self._check_receive_maximum(session, packets)
-        code = ReasonCode.SUCCESS
-        try:
-            if entries:
-                await self.broker.publish(entries)
-        except StrataError:
-            if self.version != MQTT_5:
-                raise  # 3.1.1 has no negative acknowledgement: close, the client resends
-            code = ReasonCode.UNSPECIFIED_ERROR
-            log.warning("MQTT publish failed", exc_info=True)
-        outbox = self._outbox
-        for p in packets:
-            if p.qos and p.packet_id:
-                if code:
-                    ack = Puback if p.qos == 1 else Pubrec
-                    outbox += encode(ack(p.packet_id, code), self.version)
-                else:
-                    outbox += encode_ack(_ACK_TYPES[p.qos], p.packet_id)
-        self.wake()
+            self._check_receive_maximum(session, acked)
+        receipt = await self.broker.submit(entries)
+        if acked:
+            self._unacked += acked
+            self._acks.append((receipt, packets))
+            if not self._acking and self._nursery is not None:
+                self._acking = True
+                self._nursery.start_soon(self._acker)
         await self._flushed_enough()
 
-    def _check_receive_maximum(self, session: Session, packets: Sequence[Publish]) -> None:
+    async def _acker(self) -> None:
+        """PUBACK/PUBREC each group once it is durable, in the order received."""
+        acks = self._acks
+        try:
+            while acks:
+                receipt, packets = acks[0]
+                code = ReasonCode.SUCCESS
+                try:
+                    await receipt.wait()
+                except StrataError:
+                    if self.version != MQTT_5:
+                        raise  # 3.1.1 has no negative acknowledgement: close, the client resends
+                    code = ReasonCode.UNSPECIFIED_ERROR
+                    log.warning("MQTT publish failed", exc_info=True)
+                del acks[0]
+                outbox = self._outbox
+                for p in packets:
+                    if p.qos and p.packet_id:
+                        self._unacked -= 1
+                        if p.qos == 2 and self._pending_qos2 is not None:
+                            self._pending_qos2.discard(p.packet_id)
+                        if code:
+                            ack = Puback if p.qos == 1 else Pubrec
+                            outbox += encode(ack(p.packet_id, code), self.version)
+                        else:
+                            outbox += encode_ack(_ACK_TYPES[p.qos], p.packet_id)
+                self.wake()
+        finally:
+            self._acking = False
+
+    def _check_receive_maximum(self, session: Session, new: int) -> None:
         """v5: the client may not have more QoS 1/2 PUBLISHes unacknowledged than we allow.
 
-        Those of one read are all unacknowledged at once, with the QoS 2 ones
-        still awaiting PUBREL.
+        Those not acknowledged yet, these ``new`` ones, and the QoS 2 ones still
+        awaiting PUBREL.
         """
         limit = self.broker.settings.receive_maximum
-        if len(packets) + len(session.inbound) <= limit:
-            return  # the common case, without counting
-        unacked = sum(1 for p in packets if p.qos) + len(session.inbound)
+        unacked = self._unacked + new + len(session.inbound)
         if unacked > limit:
             raise MqttProtocolError(
                 f"{unacked} QoS 1/2 PUBLISHes unacknowledged, more than Receive Maximum {limit}",

@@ -49,6 +49,7 @@ from .messages import Message, message_from_record, message_to_record
 __all__ = [
     "QOS0_PREFIX",
     "SHARD_PREFIX",
+    "Receipt",
     "SessionStore",
     "ShardLog",
     "StoredDelivery",
@@ -89,6 +90,20 @@ class _Pending:
 
 
 StoredCallback = Callable[[int, int, list[Submission]], None]
+
+
+@dataclass(slots=True)
+class Receipt:
+    """The appends that hold a submission's QoS 1/2 and retained messages."""
+
+    pending: list[_Pending]
+
+    async def wait(self) -> None:
+        """Return once durable (and routed); raise the journal's error if an append failed."""
+        for pending in self.pending:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
 
 
 class ShardLog:
@@ -145,10 +160,10 @@ class ShardLog:
                 nursery.start_soon(self._writer, stream)
             task_status.started()
 
-    async def store(self, entries: Sequence[Submission], *, wait: bool) -> None:
-        """Queue ``entries`` (in order per shard); with ``wait``, return once durable.
+    async def submit(self, entries: Sequence[Submission]) -> Receipt:
+        """Queue ``entries`` (in order per shard); the receipt waits for their durability.
 
-        Raises the journal's error if an append that held them failed.
+        Waits only while a stream has more than MAX_PENDING_BYTES queued.
         """
         touched: list[_Pending] = []
         shards = self.shards
@@ -164,13 +179,13 @@ class ShardLog:
             pending.size += len(message.payload) + len(message.topic) + 64
             if len(pending.entries) == 1:
                 self._work[shard].unpark_all()
-            if not touched or touched[-1] is not pending:
+            if shard < shards and (not touched or touched[-1] is not pending):
                 touched.append(pending)
-        if wait:
-            for pending in touched:
-                await pending.done.wait()
-                if pending.error is not None:
-                    raise pending.error
+        return Receipt(touched)
+
+    async def store(self, entries: Sequence[Submission]) -> None:
+        """Queue ``entries`` and return once those in durable streams are durable."""
+        await (await self.submit(entries)).wait()
 
     async def _writer(self, shard: int) -> None:
         name = self.names[shard]
