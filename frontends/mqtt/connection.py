@@ -359,22 +359,22 @@ class Connection:
         reader = self.reader
         counters = self.broker.counters
         timeout = self.keep_alive * 1.5 if self.keep_alive else math.inf
-        while True:
-            await self._handle_buffered()  # first: what came with the CONNECT
-            if self.keep_alive:
-                with trio.move_on_after(timeout) as idle:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-            else:  # no keep alive: no cancel scope per receive either
+        # One scope for the connection's life; its deadline moves (cheaper than a scope
+        # per receive) and is lifted while we handle what came in.
+        with trio.CancelScope() as idle:
+            while True:
+                await self._handle_buffered()  # first: what came with the CONNECT
+                idle.deadline = trio.current_time() + timeout
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-            if self.keep_alive and idle.cancelled_caught:
-                raise MqttProtocolError(
-                    f"nothing received for {timeout:g} s (keep alive {self.keep_alive} s)",
-                    code=ReasonCode.KEEP_ALIVE_TIMEOUT,
-                )
-            if not data:
-                raise _Closed(will=True)
-            counters.bytes_received += len(data)
-            reader.receive_data(data)
+                idle.deadline = math.inf
+                if not data:
+                    raise _Closed(will=True)
+                counters.bytes_received += len(data)
+                reader.receive_data(data)
+        raise MqttProtocolError(
+            f"nothing received for {timeout:g} s (keep alive {self.keep_alive} s)",
+            code=ReasonCode.KEEP_ALIVE_TIMEOUT,
+        )
 
     async def _handle_buffered(self) -> None:
         """Handle every whole packet the reader holds, consecutive PUBLISHes as one group."""
