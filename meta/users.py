@@ -40,9 +40,9 @@ from types import TracebackType
 from typing import Any
 
 import trio
-from rocksdict import Options, Rdict, WriteOptions
+from rocksdict import Rdict, WriteOptions
 
-from journal.errors import StorageError
+from journal.rocks import open_rocksdb
 from meta.errors import (
     InvalidPasswordError,
     InvalidUserNameError,
@@ -176,14 +176,7 @@ class UserStore:
         tests); ``clock`` gives ``created_ms``; ``hash_concurrency`` bounds the
         worker threads the ``*_async`` methods use at once.
         """
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        try:
-            db = Rdict(str(path), options)
-        except Exception as exc:  # rocksdict raises a plain Exception
-            raise StorageError(
-                f"cannot open the user store (is another process using it?): {exc}",
-            ) from exc
+        db = open_rocksdb(path, "the user store")
         return cls(db, params=params, clock=clock, hash_concurrency=hash_concurrency)
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from strata_process import StrataProcess
+from strata_process import StrataProcess, poll
 
 __all__ = [
     "V3",
@@ -33,6 +33,7 @@ __all__ = [
     "Client",
     "Received",
     "mqtt_port",
+    "paho_properties",
     "publish_properties",
     "start_mqtt_server",
     "unique",
@@ -71,15 +72,8 @@ def mqtt_port(process: StrataProcess, listener: str = "mqtt") -> int:
 
 
 def wait_for(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    """Poll ``check()`` until truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or check}")
-        time.sleep(0.01)
+    """Poll ``check()`` often until truthy; fail naming ``what`` after ``timeout`` s."""
+    return poll(check, timeout, 0.01, what)
 
 
 @dataclass(frozen=True)
@@ -95,12 +89,16 @@ class Received:
     properties: Any  # paho Properties (v5) or None
 
 
-def publish_properties(**values: Any) -> Properties:
-    """paho PUBLISH properties from keyword arguments (``UserProperty=[(k, v)]`` etc.)."""
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+def paho_properties(packet_type: int = PacketTypes.PUBLISH, **values: Any) -> Properties:
+    """paho properties of ``packet_type`` from keyword arguments (``UserProperty=[(k, v)]``)."""
+    props = Properties(packet_type)  # type: ignore[no-untyped-call]
     for name, value in values.items():
         setattr(props, name, value)
     return props
+
+
+def publish_properties(**values: Any) -> Properties:
+    return paho_properties(PacketTypes.PUBLISH, **values)
 
 
 @dataclass

@@ -181,7 +181,7 @@ def run_cli(
     )
 
 
-def poll(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+def poll(check: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
     """Call ``check()`` until it returns a truthy value or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while True:
@@ -189,5 +189,5 @@ def poll(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {check}")
+            raise AssertionError(f"not met within {timeout} s: {what or check}")
         time.sleep(interval)

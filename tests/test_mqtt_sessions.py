@@ -31,6 +31,7 @@ from mqtt_support import (
     V5,
     Client,
     mqtt_port,
+    paho_properties,
     start_mqtt_server,
     unique,
     wait_for,
@@ -411,10 +412,7 @@ def test_allow_anonymous_lets_anonymous_clients_in(tmp_path: Path) -> None:
 
 
 def will_properties(**values: object) -> PahoProperties:
-    props = PahoProperties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
-    for name, value in values.items():
-        setattr(props, name, value)
-    return props
+    return paho_properties(PacketTypes.WILLMESSAGE, **values)
 
 
 @VERSIONS

@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -73,7 +73,7 @@ class BrokerSettings:
 
 @dataclass(slots=True)
 class BrokerStatistics:
-    """Counters of one broker, read by ``/metrics`` and ``$SYS``."""
+    """Counters and sizes of one broker, read by ``/metrics`` and ``$SYS``."""
 
     connections_open: int = 0
     connections_total: int = 0
@@ -106,20 +106,6 @@ class _PendingWill:
     message: Message
 
 
-@dataclass(slots=True)
-class _Counters:
-    received: int = 0
-    sent: int = 0
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    queue_full: int = 0
-    expired: int = 0
-    too_large: int = 0
-    protocol_errors: int = 0
-    connections_total: int = 0
-    connections_open: int = 0
-
-
 class Broker:
     """One broker's state over a :class:`~journal.service.JournalService`."""
 
@@ -148,7 +134,7 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.index: SubscriptionIndex[str, SubOptions] = SubscriptionIndex()
         self.retained: dict[str, Message] = {}
-        self.counters = _Counters()
+        self.counters = BrokerStatistics()  # the counting fields; sizes in statistics()
         self._match_cache: dict[str, tuple[dict, dict]] = {}  # type: ignore[type-arg]
         self._wills: dict[str, _PendingWill] = {}
         self._round_robin: dict[tuple[str, str], int] = {}
@@ -237,18 +223,9 @@ class Broker:
     # -- statistics ------------------------------------------------------------
 
     def statistics(self) -> BrokerStatistics:
-        c = self.counters
-        return BrokerStatistics(
-            connections_open=c.connections_open,
-            connections_total=c.connections_total,
-            protocol_errors=c.protocol_errors,
-            messages_received=c.received,
-            messages_sent=c.sent,
-            bytes_received=c.bytes_received,
-            bytes_sent=c.bytes_sent,
-            dropped_queue_full=c.queue_full,
-            dropped_expired=c.expired,
-            dropped_too_large=c.too_large,
+        """The counters, with the sizes of now filled in (a copy)."""
+        return replace(
+            self.counters,
             sessions=len(self.sessions),
             subscriptions=len(self.index),
             retained=len(self.retained),
@@ -462,7 +439,7 @@ class Broker:
         The receipt's ``wait()`` returns once the QoS 1/2 (and retained)
         messages are durable and routed: then they may be acknowledged.
         """
-        self.counters.received += len(entries)
+        self.counters.messages_received += len(entries)
         now = self._wall_ms()
         for entry in entries:
             message = entry.message
@@ -513,7 +490,7 @@ class Broker:
 
     def _route(self, message: Message, shard: int, offset: int, batch: object, now: int) -> None:
         if message.expiry_at is not None and message.expired(now):
-            self.counters.expired += 1
+            self.counters.dropped_expired += 1
             return
         found = self._match_cache.get(message.topic)
         plain, shared = found if found is not None else self._matches(message.topic)
@@ -574,7 +551,7 @@ class Broker:
         if session.connection is None and d.qos == 0:
             return  # QoS 0 is not queued for offline sessions
         if session.backlog >= self.settings.max_queued:
-            self.counters.queue_full += 1
+            self.counters.dropped_queue_full += 1
             return
         if session.persistent and d.qos and d.shard >= 0 and batch is not None:
             d.seq = session.take_seq()

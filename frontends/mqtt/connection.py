@@ -607,7 +607,7 @@ class Connection:
                 sent = await self._take_deliveries(session, out)
                 if out:
                     await self._send(out)
-                    self.broker.counters.sent += sent
+                    self.broker.counters.messages_sent += sent
                 elif not self._outbox:
                     with trio.move_on_after(WRITER_IDLE):
                         await self._wakeup.wait()
@@ -643,7 +643,7 @@ class Connection:
             else:
                 data = self._encode_publish(d, dup=True)
                 if self.client_max_packet and len(data) > self.client_max_packet:
-                    self.broker.counters.too_large += 1
+                    self.broker.counters.dropped_too_large += 1
                     self.broker.forget(session, d)
                     continue
                 session.inflight[d.packet_id] = d
@@ -673,7 +673,7 @@ class Connection:
                         self.broker.forget(session, d)  # removed by retention meanwhile
                         continue
                 if d.message.expiry_at is not None and d.message.expired(now):
-                    self.broker.counters.expired += 1
+                    self.broker.counters.dropped_expired += 1
                     self.broker.forget(session, d)
                     continue
                 if d.qos:
@@ -683,7 +683,8 @@ class Connection:
                 aliases = len(self._aliases_out)
                 data = self._encode_publish(d, dup=False)
                 if self.client_max_packet and len(data) > self.client_max_packet:
-                    self.broker.counters.too_large += 1  # the spec: discard, as if delivered
+                    # the spec: discard it, as if it had been delivered
+                    self.broker.counters.dropped_too_large += 1
                     if len(self._aliases_out) > aliases:  # the client never saw this alias
                         del self._aliases_out[d.message.topic]
                     if d.qos:

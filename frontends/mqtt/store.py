@@ -32,15 +32,15 @@ from pathlib import Path
 
 import trio
 from crc32c import crc32c
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Rdict, WriteBatch, WriteOptions
 
 from journal.config import StreamConfig
 from journal.errors import (
     InvalidArgumentError,
     OffsetOutOfRangeError,
-    StorageError,
     StrataError,
 )
+from journal.rocks import open_rocksdb
 from journal.segments.batch import decode_batch, encode_batch
 from journal.service import JournalService
 
@@ -296,15 +296,7 @@ class SessionStore:
 
     @classmethod
     def open(cls, path: Path) -> SessionStore:
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        try:
-            db = Rdict(str(path), options)
-        except Exception as exc:  # rocksdict raises a plain Exception
-            raise StorageError(
-                f"cannot open the MQTT session store {path} (is another process using it?): {exc}"
-            ) from exc
-        return cls(db)
+        return cls(open_rocksdb(path, "the MQTT session store"))
 
     def close(self) -> None:
         if not self._closed:

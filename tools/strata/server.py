@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import version
 
 import trio
@@ -103,22 +103,15 @@ class StrataServer:
         return state
 
     def connections(self) -> dict[str, ProtocolConnections]:
-        out: dict[str, ProtocolConnections] = {}
-        if self._journal_server is not None:
-            st = self._journal_server.statistics()
-            out["journal_rpc"] = ProtocolConnections(
-                open=st.connections_open,
-                total=st.connections_total,
-                protocol_errors=st.protocol_errors,
-            )
-        if self._broker is not None:
-            mq = self._broker.statistics()
-            out["mqtt"] = ProtocolConnections(
-                open=mq.connections_open,
-                total=mq.connections_total,
-                protocol_errors=mq.protocol_errors,
-            )
-        return out
+        listeners = {
+            "journal_rpc": self._journal_server.statistics() if self._journal_server else None,
+            "mqtt": self._broker.statistics() if self._broker else None,
+        }
+        return {
+            name: ProtocolConnections(st.connections_open, st.connections_total, st.protocol_errors)
+            for name, st in listeners.items()
+            if st is not None
+        }
 
     async def run(
         self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED
@@ -236,24 +229,13 @@ class StrataServer:
 
 
 def mqtt_settings(mqtt: MqttConfig) -> BrokerSettings:
-    """The broker's settings from ``[mqtt]``."""
-    return BrokerSettings(
-        shards=mqtt.shards,
-        fsync=mqtt.fsync,
-        max_packet_size=mqtt.max_packet_size,
-        receive_maximum=mqtt.receive_maximum,
-        max_inflight=mqtt.max_inflight,
-        max_queued=mqtt.max_queued,
-        max_subscriptions=mqtt.max_subscriptions,
-        max_topic_levels=mqtt.max_topic_levels,
-        topic_alias_maximum=mqtt.topic_alias_maximum,
-        max_keep_alive=mqtt.max_keep_alive,
-        max_session_expiry=mqtt.max_session_expiry,
-        sys_interval=mqtt.sys_interval,
-        connect_timeout=mqtt.connect_timeout,
-        allow_anonymous=True if mqtt.allow_anonymous else None,
-        max_connections=mqtt.max_connections,
-    )
+    """The broker's settings from ``[mqtt]``: every field of the same name.
+
+    ``allow_anonymous = false`` means "only while there are no users" (None).
+    """
+    values = {f.name: getattr(mqtt, f.name) for f in fields(BrokerSettings)}
+    values["allow_anonymous"] = True if mqtt.allow_anonymous else None
+    return BrokerSettings(**values)
 
 
 def check_roles(config: Config) -> str | None:
