@@ -210,11 +210,19 @@ class Broker:
                 if will.due <= now:
                     del self._wills[cid]
                     await self._publish_will(will.message)
+            clock = trio.current_time()
             for session in list(self.sessions.values()):
-                if session.connection is None:
+                conn = session.connection
+                if conn is None:
                     ends = session.expires_at()
                     if ends is not None and ends <= now:
                         await self._end_session(session)
+                elif conn.keep_alive and clock - conn.last_seen > 1.5 * conn.keep_alive:
+                    conn.kick(  # checked here, not with a deadline per receive: cheaper
+                        ReasonCode.KEEP_ALIVE_TIMEOUT,
+                        f"nothing received for {1.5 * conn.keep_alive:g} s "
+                        f"(keep alive {conn.keep_alive} s)",
+                    )
             if self.settings.sys_interval and now >= next_sys:
                 next_sys = now + self.settings.sys_interval
                 self.publish_sys()
