@@ -217,7 +217,9 @@ class Broker:
                     ends = session.expires_at()
                     if ends is not None and ends <= now:
                         await self._end_session(session)
-                elif conn.keep_alive and clock - conn.last_seen > 1.5 * conn.keep_alive:
+                    continue
+                conn.retire_idle_writer()
+                if conn.keep_alive and clock - conn.last_seen > 1.5 * conn.keep_alive:
                     conn.kick(  # checked here, not with a deadline per receive: cheaper
                         ReasonCode.KEEP_ALIVE_TIMEOUT,
                         f"nothing received for {1.5 * conn.keep_alive:g} s "

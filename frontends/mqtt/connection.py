@@ -66,7 +66,6 @@ RECEIVE_SIZE = 64 << 10
 PUBLISH_GROUP = 64  # PUBLISHes handled before other tasks get a turn (latency under load)
 MAX_OUTBOX = 1 << 20  # control bytes queued before the reader waits for the writer
 SEND_BATCH = 256 << 10  # bytes of deliveries per send_all
-WRITER_IDLE = 1.0  # seconds a writer with nothing to send waits before ending
 CLOSE_LINGER = 1.0  # seconds to read after our last packet, so the peer sees it
 
 _V3_REFUSALS = {
@@ -108,7 +107,9 @@ class Connection:
         "_nursery",
         "_outbox",
         "_pending_qos2",
+        "_retire",
         "_scope",
+        "_sent_recently",
         "_unacked",
         "_wakeup",
         "_writing",
@@ -152,6 +153,8 @@ class Connection:
         self._scope: trio.CancelScope | None = None  # the nursery's, once serving
         self._nursery: trio.Nursery | None = None  # where wake() starts the writer
         self._writing = False
+        self._sent_recently = False
+        self._retire = False
         self._acks: list[tuple[Receipt, Sequence[Publish]]] = []  # a list: idle, it is small
         self._acking = False
         self._unacked = 0  # QoS 1/2 PUBLISHes received and not acknowledged yet
@@ -589,10 +592,10 @@ class Connection:
         self.broker.counters.bytes_sent += len(data)
 
     async def _writer(self) -> None:
-        """Send until idle for WRITER_IDLE s; :meth:`wake` starts it again.
+        """Send what is queued; ends when :meth:`retire_idle_writer` finds it idle.
 
-        An idle connection then has one task, not two: that is most of the
-        memory an idle connection costs.
+        :meth:`wake` starts it again. An idle connection then has one task,
+        not two: that is most of the memory an idle connection costs.
         """
         session = self.session
         assert session is not None
@@ -604,16 +607,30 @@ class Connection:
                     self._drained.set()
                 sent = await self._take_deliveries(session, out)
                 if out:
+                    self._sent_recently = True
                     await self._send(out)
                     self.broker.counters.messages_sent += sent
                 elif not self._outbox:
-                    with trio.move_on_after(WRITER_IDLE):
-                        await self._wakeup.wait()
-                    if not self._wakeup.is_set():
-                        return
+                    await self._wakeup.wait()
                     self._wakeup = trio.Event()
+                    if self._retire:
+                        self._retire = False
+                        if not self._outbox:
+                            return
         finally:
             self._writing = False
+
+    def retire_idle_writer(self) -> None:
+        """Called every second or so: end the writer if it sent nothing since last time.
+
+        (A timeout on each wait cost more CPU than the rest of a wake-up.)
+        """
+        if self._writing:
+            if self._sent_recently:
+                self._sent_recently = False
+            else:
+                self._retire = True
+                self._wakeup.set()
 
     async def _resend(self, session: Session) -> None:
         """After a reconnect: unacknowledged PUBLISHes again with DUP, and PUBRELs.
