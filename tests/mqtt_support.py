@@ -304,13 +304,15 @@ class Client:
         )
         return self.messages(topic)
 
-    def barrier(self, publisher: Client, topic: str) -> list[Received]:
+    def barrier(self, publisher: Client, topic: str, qos: int = 1) -> list[Received]:
         """Publish a marker on ``topic`` (which this client subscribes to) and wait for it.
 
-        Returns the messages on ``topic`` that arrived before the marker.
+        Returns the messages on ``topic`` that arrived before the marker. paho
+        hands a QoS 2 message to the application only at PUBREL, so a QoS 1
+        marker can overtake QoS 2 messages sent before it: use ``qos=2`` then.
         """
         marker = unique("marker").encode()
-        publisher.publish(topic, marker, qos=1)
+        publisher.publish(topic, marker, qos=qos)
         wait_for(lambda: any(m.payload == marker for m in self.messages(topic)), what="marker")
         before = []
         for m in self.messages(topic):

@@ -90,7 +90,7 @@ def test_queued_qos1_and_qos2_survive_sigkill(
         assert sub.session_present
         sub.expect(COUNT, t1)
         sub.expect(COUNT, t2)
-        sub.barrier(marker, t2)
+        sub.barrier(marker, t2, qos=2)
         got1 = [m.payload for m in sub.messages(t1)]
         got2 = [m.payload for m in sub.messages(t2) if not m.payload.startswith(b"marker")]
     dups = len(got1) - len(set(got1))
@@ -378,7 +378,7 @@ def test_inbound_qos2_state_survives_sigkill(
             Client(port, version=V5) as marker,
         ):
             assert sub.session_present
-            before = sub.barrier(marker, topic)
+            before = sub.barrier(marker, topic, qos=2)
             assert [m.payload for m in before] == [b"exactly"]
 
 
@@ -398,7 +398,7 @@ def test_qos2_session_across_two_kills_gets_each_message_once(
         port = mqtt_port(again)
         with _persistent(port, sid, V5) as sub, Client(port, version=V5) as marker:
             assert sub.session_present
-            got = [m.payload for m in sub.barrier(marker, topic)]
+            got = [m.payload for m in sub.barrier(marker, topic, qos=2)]
             assert got == first
         with Client(port, version=V3) as pub:
             for info in [pub.publish(topic, p, 2, wait=False) for p in second]:
@@ -407,8 +407,8 @@ def test_qos2_session_across_two_kills_gets_each_message_once(
             port = mqtt_port(third)
             with _persistent(port, sid, V5) as sub, Client(port, version=V5) as marker:
                 assert sub.session_present
-                before = sub.barrier(marker, topic)
-                # the first marker was QoS 1: it may come back, the QoS 2 messages not
+                before = sub.barrier(marker, topic, qos=2)
+                # markers are filtered out: only the QoS 2 messages are counted
                 got = [m.payload for m in before if not m.payload.startswith(b"marker")]
                 assert got == second
 

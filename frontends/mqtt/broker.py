@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import trio
+from rocksdict import WriteBatch
 
-from journal.config import StreamConfig
+from journal.config import FsyncPolicy, StreamConfig
 from journal.errors import StorageError
 from journal.service import JournalService
 from meta.users import UserStore
@@ -46,6 +47,11 @@ __all__ = ["Broker", "BrokerSettings", "BrokerStatistics", "ConnectRefused"]
 
 log = logging.getLogger("strata.mqtt")
 
+# subscriber -> its matching (filter, options); (group, filter) -> members
+_Matches = tuple[
+    dict[str, list[tuple[str, SubOptions]]], dict[tuple[str, str], list[tuple[str, SubOptions]]]
+]
+
 _MATCH_CACHE_SIZE = 4096
 _TAKEOVER_TIMEOUT = 10.0
 
@@ -55,7 +61,7 @@ class BrokerSettings:
     """Limits and choices of one broker (``[mqtt]`` in ``strata.toml``)."""
 
     shards: int = 1
-    fsync: str = "always"  # the shard streams' fsync policy
+    fsync: FsyncPolicy = "always"  # the shard streams' fsync policy
     max_packet_size: int = 1 << 20
     receive_maximum: int = 1024  # QoS 1/2 PUBLISHes a client may have unacknowledged
     max_inflight: int = 64  # outbound window, at most the client's Receive Maximum
@@ -129,13 +135,13 @@ class Broker:
             journal,
             self.settings.shards,
             self._on_stored,
-            stream_config=StreamConfig(fsync=self.settings.fsync),  # type: ignore[arg-type]
+            stream_config=StreamConfig(fsync=self.settings.fsync),
         )
         self.sessions: dict[str, Session] = {}
         self.index: SubscriptionIndex[str, SubOptions] = SubscriptionIndex()
         self.retained: dict[str, Message] = {}
         self.counters = BrokerStatistics()  # the counting fields; sizes in statistics()
-        self._match_cache: dict[str, tuple[dict, dict]] = {}  # type: ignore[type-arg]
+        self._match_cache: dict[str, _Matches] = {}
         self._wills: dict[str, _PendingWill] = {}
         self._round_robin: dict[tuple[str, str], int] = {}
         self._started = time.monotonic()
@@ -167,9 +173,9 @@ class Broker:
         now = time.monotonic()
         for cid, stored in self.store.sessions().items():
             doc = stored.doc
-            session = Session(cid, int(doc["version"]), int(doc["expiry"]))  # type: ignore[call-overload]
+            session = Session(cid, int(doc["version"]), int(doc["expiry"]))
             session.disconnected_at = now
-            for topic_filter, raw in doc["subs"].items():  # type: ignore[attr-defined]
+            for topic_filter, raw in doc["subs"].items():
                 options = SubOptions.from_json(raw)
                 session.subscriptions[topic_filter] = options
                 self.index.add(topic_filter, cid, options)
@@ -489,7 +495,7 @@ class Broker:
         else:
             self.retained.pop(message.topic, None)
 
-    def _matches(self, topic: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    def _matches(self, topic: str) -> _Matches:
         found = self._match_cache.get(topic)
         if found is None:
             if len(self._match_cache) >= _MATCH_CACHE_SIZE:
@@ -498,7 +504,9 @@ class Broker:
             self._match_cache[topic] = found
         return found
 
-    def _route(self, message: Message, shard: int, offset: int, batch: object, now: int) -> None:
+    def _route(
+        self, message: Message, shard: int, offset: int, batch: WriteBatch | None, now: int
+    ) -> None:
         if message.expiry_at is not None and message.expired(now):
             self.counters.dropped_expired += 1
             return
@@ -557,7 +565,7 @@ class Broker:
                 fallback = cid
         return fallback
 
-    def _enqueue(self, session: Session, d: Delivery, batch: object) -> None:
+    def _enqueue(self, session: Session, d: Delivery, batch: WriteBatch | None) -> None:
         if session.connection is None and d.qos == 0:
             return  # QoS 0 is not queued for offline sessions
         if session.backlog >= self.settings.max_queued:
@@ -565,7 +573,7 @@ class Broker:
             return
         if session.persistent and d.qos and d.shard >= 0 and batch is not None:
             d.seq = session.take_seq()
-            self.store.put_delivery(batch, session.client_id, _stored(d))  # type: ignore[arg-type]
+            self.store.put_delivery(batch, session.client_id, _stored(d))
         session.queue.append(d)
         if session.connection is not None:
             session.connection.wake()

@@ -1,12 +1,14 @@
 """One client connection: the codec on a trio stream, dispatching to the broker.
 
-Two tasks per connection. The reader receives, feeds the
-:class:`~frontends.mqtt.codec.PacketReader` and handles what comes out; it
-groups the PUBLISHes of one receive into one :meth:`Broker.publish` so a
-burst costs a few appends, and sends their acknowledgements in order once
-they are durable. The writer owns the socket's sending side: it drains the
-control packets the reader queued and the session's deliveries, up to the
-client's Receive Maximum in flight, into one ``send_all``.
+The reader task receives, feeds the :class:`~frontends.mqtt.codec.PacketReader`
+and handles what comes out. It hands the PUBLISHes of one receive to
+:meth:`Broker.submit` as one group, so a burst costs a few appends, and
+reads on; the acker task sends their PUBACKs/PUBRECs in order as each group
+becomes durable. The writer task owns the socket's sending side: it drains
+the control packets queued for it and the session's deliveries, up to the
+client's Receive Maximum in flight, into one ``send_all``. The acker and the
+writer run only while they have work (an idle connection is one task), and
+the broker's housekeeping enforces keep alive from ``last_seen``.
 
 A protocol error closes only this connection: a v5 client gets a DISCONNECT
 (or CONNACK) with the reason code first, a 3.1.1 client just the close. The

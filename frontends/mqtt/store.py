@@ -29,6 +29,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 from crc32c import crc32c
@@ -268,7 +269,7 @@ class StoredDelivery:
 @dataclass(slots=True)
 class StoredSession:
     client_id: str
-    doc: dict[str, object]
+    doc: dict[str, Any]  # Session.document()
     deliveries: list[StoredDelivery] = field(default_factory=list)
     inbound: set[int] = field(default_factory=set)
 
