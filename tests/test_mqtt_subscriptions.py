@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -237,3 +237,50 @@ class IndexMachine(RuleBasedStateMachine):
 
 IndexMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 TestIndexMachine = IndexMachine.TestCase
+
+
+# -- the retained-message trie ---------------------------------------------------------
+
+_levels_r = st.sampled_from(["a", "b", "", "$sys", "x y"])
+_topics_r = (
+    st.lists(_levels_r, min_size=1, max_size=4)
+    .map("/".join)
+    .filter(lambda t: bool(t) and not t.startswith("$share/"))
+)
+_filters_r = (
+    st.lists(st.sampled_from(["a", "b", "", "$sys", "+"]), min_size=0, max_size=3)
+    .flatmap(lambda head: st.sampled_from([head, [*head, "#"]]))
+    .map("/".join)
+    .filter(bool)
+)
+
+
+@given(
+    changes=st.lists(st.tuples(_topics_r, st.booleans()), max_size=30),
+    topic_filter=_filters_r,
+)
+def test_retained_matching_agrees_with_a_scan(
+    changes: list[tuple[str, bool]], topic_filter: str
+) -> None:
+    """The trie finds exactly what matching every retained topic would find."""
+    from frontends.mqtt.messages import Message
+    from frontends.mqtt.retained import RetainedMessages
+
+    retained = RetainedMessages()
+    model: dict[str, Message] = {}
+    for i, (topic, keep) in enumerate(changes):
+        message = Message(topic, str(i).encode() if keep else b"", retain=True)
+        retained.set(message)
+        if keep:
+            model[topic] = message
+        else:
+            model.pop(topic, None)
+    assert len(retained) == len(model)
+    assert sorted(m.topic for m in retained) == sorted(model)
+    assert all(retained.get(t) == m for t, m in model.items())
+    found = sorted(m.topic for m in retained.matching(topic_filter))
+    assert found == sorted(t for t in model if matches(topic_filter, t))
+    for topic in list(model):  # clearing everything leaves an empty trie
+        retained.clear(topic)
+    assert len(retained) == 0
+    assert retained._root.children == {}

@@ -35,10 +35,11 @@ from meta.users import UserStore
 from .errors import ReasonCode
 from .messages import Message
 from .packets import Connect, Subscribe, Unsubscribe
+from .retained import RetainedMessages
 from .sessions import NEVER, Delivery, DeliveryState, Session, SubOptions
 from .store import Receipt, SessionStore, ShardLog, StoredDelivery, Submission
 from .subscriptions import SubscriptionIndex
-from .topics import matches, parse_shared
+from .topics import parse_shared
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -139,7 +140,7 @@ class Broker:
         )
         self.sessions: dict[str, Session] = {}
         self.index: SubscriptionIndex[str, SubOptions] = SubscriptionIndex()
-        self.retained: dict[str, Message] = {}
+        self.retained = RetainedMessages()
         self.counters = BrokerStatistics()  # the counting fields; sizes in statistics()
         self._match_cache: dict[str, _Matches] = {}
         self._wills: dict[str, _PendingWill] = {}
@@ -191,7 +192,8 @@ class Broker:
                 session.next_seq = max(session.next_seq, d.seq + 1)
             session.inbound = stored.inbound
             self.sessions[cid] = session
-        self.retained = self.store.retained()
+        for message in self.store.retained().values():
+            self.retained.set(message)
 
     async def _recover(self) -> None:
         """Re-apply what the journal holds beyond each shard's routed offset."""
@@ -270,7 +272,7 @@ class Broker:
         now = self._wall_ms()
         for name, value in values.items():
             message = Message(f"$SYS/broker/{name}", str(value).encode(), retain=True)
-            self.retained[message.topic] = message
+            self.retained.set(message)
             self._route(message, -1, -1, None, now)
 
     # -- connections -----------------------------------------------------------
@@ -490,10 +492,7 @@ class Broker:
         self.store.write(batch)
 
     def _retain(self, message: Message) -> None:
-        if message.payload:
-            self.retained[message.topic] = message
-        else:
-            self.retained.pop(message.topic, None)
+        self.retained.set(message)  # an empty payload clears
 
     def _matches(self, topic: str) -> _Matches:
         found = self._match_cache.get(topic)
@@ -676,9 +675,8 @@ class Broker:
             shared = parse_shared(topic_filter) is not None
             if not shared and (sub.retain_handling == 0 or (sub.retain_handling == 1 and new)):
                 ids = (sub_id,) if sub_id else ()
-                for topic, message in list(self.retained.items()):
-                    if matches(topic_filter, topic):
-                        retained.append(Delivery(message, min(sub.qos, message.qos), True, ids))
+                for message in self.retained.matching(topic_filter):
+                    retained.append(Delivery(message, min(sub.qos, message.qos), True, ids))
         if changed:
             self._match_cache.clear()
             if session.persistent:
