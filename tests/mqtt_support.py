@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client.parser import text_string_to_metric_families
 from strata_process import StrataProcess, poll
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "V5",
     "Client",
     "Received",
+    "metric",
     "mqtt_port",
     "paho_properties",
     "publish_properties",
@@ -65,6 +67,17 @@ def start_mqtt_server(
         process.__exit__(None, None, None)
         raise
     return process
+
+
+def metric(process: StrataProcess, name: str, **labels: str) -> float:
+    """One sample of the server's ``/metrics``, by name and exact labels."""
+    with process.http() as http:
+        text = http.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no {name}{labels} in /metrics")
 
 
 def mqtt_port(process: StrataProcess, listener: str = "mqtt") -> int:

@@ -20,8 +20,16 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mqtt_support import V3, V5, Client, mqtt_port, start_mqtt_server, unique, wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from mqtt_support import (
+    V3,
+    V5,
+    Client,
+    metric,
+    mqtt_port,
+    start_mqtt_server,
+    unique,
+    wait_for,
+)
 from strata_process import StrataProcess
 
 V5_LEVEL, V3_LEVEL = 5, 4
@@ -157,14 +165,7 @@ class Bystanders:
 
 
 def protocol_errors(server: StrataProcess) -> float:
-    response = httpx.get(f"{server.admin}/metrics", timeout=20)
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.name == "strata_protocol_errors_total" and sample.labels == {
-                "protocol": "mqtt"
-            }:
-                return sample.value
-    raise AssertionError("no strata_protocol_errors_total{protocol=mqtt}")
+    return metric(server, "strata_protocol_errors_total", protocol="mqtt")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,24 @@ import collections
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_support import V3, V5, Client, Received, mqtt_port, start_mqtt_server, unique, wait_for
+from mqtt_support import (
+    V3,
+    V5,
+    Client,
+    Received,
+    metric,
+    mqtt_port,
+    start_mqtt_server,
+    unique,
+    wait_for,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from strata_process import StrataProcess
 
@@ -522,3 +533,23 @@ def test_unacknowledged_deliveries_keep_their_packet_ids_across_sigkill(
         assert [(p[1], p[3], p[4]) for p in resent] == [(p[1], p[3], p[4]) for p in first]
         assert all(p[0] for p in resent), "resent without DUP"
         sock.close()
+
+
+def test_session_expiry_counts_from_the_disconnect_across_a_restart(
+    server: StrataProcess, data_dir: Path
+) -> None:
+    """A session that expired while the broker was down is gone when it comes back."""
+    sid = unique("expires")
+    port = mqtt_port(server)
+    with Client(port, sid, version=V5, clean=False, session_expiry=2) as first:
+        first.subscribe(unique("exp/t"), 1)
+    gone_at = time.monotonic()
+    # the server has seen the DISCONNECT (and noted when) once the connection is gone
+    wait_for(lambda: metric(server, "strata_connections", protocol="mqtt") == 0)
+    server.kill()
+    wait_for(lambda: time.monotonic() - gone_at > 2.5, timeout=10, what="the expiry to pass")
+    with start_mqtt_server(data_dir) as again:
+        with Client(mqtt_port(again), sid, version=V5, clean=False, session_expiry=60) as back:
+            assert back.session_present is False
+        with Client(mqtt_port(again), sid, version=V5, clean=False, session_expiry=60) as kept:
+            assert kept.session_present is True  # a live session still counts from now

@@ -25,6 +25,7 @@ from mqtt_support import (
     V5,
     Client,
     Received,
+    metric,
     mqtt_port,
     publish_properties,
     start_mqtt_server,
@@ -830,13 +831,7 @@ def settled(sub: Client, pub: Client, topic: str) -> list[Received]:
 
 
 def _dropped_metric(process: StrataProcess) -> float:
-    """``strata_mqtt_messages_dropped_total{reason="queue_full"}`` from ``/metrics``."""
-    with process.http() as http:
-        text = http.get("/metrics").text
-    for line in text.splitlines():
-        if line.startswith('strata_mqtt_messages_dropped_total{reason="queue_full"}'):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no queue_full drop counter in /metrics")
+    return metric(process, "strata_mqtt_messages_dropped_total", reason="queue_full")
 
 
 def _dropped(client: Client) -> list[int]:

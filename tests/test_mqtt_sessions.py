@@ -30,6 +30,7 @@ from mqtt_support import (
     V3,
     V5,
     Client,
+    metric,
     mqtt_port,
     paho_properties,
     start_mqtt_server,
@@ -598,12 +599,10 @@ def test_sys_topics_are_published_and_hidden_from_wildcards(
 
 def connection_metrics(process: StrataProcess) -> tuple[float, float]:
     """(open, accepted) MQTT connections from ``/metrics``."""
-    with process.http() as http:
-        text = http.get("/metrics").text
-    found = dict(
-        re.findall(r'^(strata_connections(?:_total)?)\{protocol="mqtt"\} (\S+)$', text, re.M)
+    return (
+        metric(process, "strata_connections", protocol="mqtt"),
+        metric(process, "strata_connections_total", protocol="mqtt"),
     )
-    return float(found["strata_connections"]), float(found["strata_connections_total"])
 
 
 def test_metrics_count_mqtt_connections(server: StrataProcess, port: int) -> None:

@@ -172,10 +172,17 @@ class Broker:
 
     def _load(self) -> None:
         now = time.monotonic()
+        wall_now = self._wall_ms()
         for cid, stored in self.store.sessions().items():
             doc = stored.doc
             session = Session(cid, int(doc["version"]), int(doc["expiry"]))
-            session.disconnected_at = now
+            # expiry counts from the disconnect, across restarts; a session that was
+            # connected when the broker stopped (0) counts from now
+            session.disconnected_ms = int(doc.get("disconnected_ms", 0))
+            offline_ms = (
+                max(0, wall_now - session.disconnected_ms) if session.disconnected_ms else 0
+            )
+            session.disconnected_at = now - offline_ms / 1000
             for topic_filter, raw in doc["subs"].items():
                 options = SubOptions.from_json(raw)
                 session.subscriptions[topic_filter] = options
@@ -345,6 +352,7 @@ class Broker:
             present = True
         was_persistent = present and session.persistent
         session.expiry = expiry
+        session.disconnected_ms = 0
         if session.persistent:
             await trio.to_thread.run_sync(self.store.put_session, cid, session.document())
         elif was_persistent:
@@ -385,6 +393,8 @@ class Broker:
             will_delay = 0
         elif session.expiry != NEVER:
             will_delay = min(will_delay, session.expiry)
+            session.disconnected_ms = self._wall_ms()  # not synced: at worst it lives longer
+            self.store.put_session(session.client_id, session.document(), sync=False)
         if will is not None:
             if will_delay <= 0:
                 self._spawn(self._publish_will, will)

@@ -86,6 +86,7 @@ class Session:
     inbound: set[int] = field(default_factory=set)  # QoS 2 packet ids awaiting PUBREL
     connection: Connection | None = None
     disconnected_at: float = 0.0  # monotonic seconds
+    disconnected_ms: int = 0  # wall clock, stored: expiry counts from it across restarts
     next_seq: int = 1
     _next_pid: int = 1
 
@@ -122,4 +123,5 @@ class Session:
             "version": self.version,
             "expiry": self.expiry,
             "subs": {f: o.to_json() for f, o in self.subscriptions.items()},
+            "disconnected_ms": self.disconnected_ms,
         }

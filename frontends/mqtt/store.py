@@ -293,6 +293,7 @@ class SessionStore:
         self._db = db
         self._sync = WriteOptions()
         self._sync.sync = True
+        self._unsynced = WriteOptions()
         self._closed = False
 
     @classmethod
@@ -356,8 +357,9 @@ class SessionStore:
 
     # -- synced single changes -------------------------------------------------
 
-    def put_session(self, client_id: str, doc: dict[str, object]) -> None:
-        self._db.put(_session_key(client_id), json.dumps(doc).encode(), self._sync)
+    def put_session(self, client_id: str, doc: dict[str, object], *, sync: bool = True) -> None:
+        options = self._sync if sync else self._unsynced
+        self._db.put(_session_key(client_id), json.dumps(doc).encode(), options)
 
     def delete_session(self, client_id: str) -> None:
         batch = WriteBatch(raw_mode=True)
