@@ -28,11 +28,13 @@ from mqtt_support import (
     Received,
     metric,
     mqtt_port,
+    paho_properties,
     start_mqtt_server,
     unique,
     wait_for,
 )
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from strata_process import StrataProcess
 
 from tools.s3local import free_port
@@ -553,3 +555,25 @@ def test_session_expiry_counts_from_the_disconnect_across_a_restart(
             assert back.session_present is False
         with Client(mqtt_port(again), sid, version=V5, clean=False, session_expiry=60) as kept:
             assert kept.session_present is True  # a live session still counts from now
+
+
+def test_a_will_waiting_out_its_delay_survives_a_restart(
+    server: StrataProcess, data_dir: Path
+) -> None:
+    topic = unique("will/restart")
+    will_props = paho_properties(PacketTypes.WILLMESSAGE, WillDelayInterval=2)
+    client = Client(
+        mqtt_port(server),
+        unique("will"),
+        version=V5,
+        clean=False,
+        session_expiry=60,
+        will=(topic, b"gone", 1, True),
+        will_properties=will_props,
+    )
+    client.drop()  # no DISCONNECT: the will is due in 2 s
+    wait_for(lambda: metric(server, "strata_connections", protocol="mqtt") == 0)
+    with _restart(server, data_dir) as again, Client(mqtt_port(again), version=V5) as watcher:
+        watcher.subscribe(topic, 1)  # retained: seen whether it fired before or after this
+        (will,) = watcher.expect(1, topic)
+        assert will.payload == b"gone"

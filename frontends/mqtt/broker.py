@@ -199,6 +199,8 @@ class Broker:
                 session.next_seq = max(session.next_seq, d.seq + 1)
             session.inbound = stored.inbound
             self.sessions[cid] = session
+        for cid, (due_ms, will) in self.store.wills().items():  # still waiting out a delay
+            self._wills[cid] = _PendingWill(now + max(0, due_ms - wall_now) / 1000, will)
         for message in self.store.retained().values():
             self.retained.set(message)
 
@@ -223,7 +225,7 @@ class Broker:
             now = time.monotonic()
             for cid, will in list(self._wills.items()):
                 if will.due <= now:
-                    del self._wills[cid]
+                    self._drop_will(cid)
                     await self._publish_will(will.message)
             clock = trio.current_time()
             for session in list(self.sessions.values()):
@@ -338,7 +340,7 @@ class Broker:
             if ends is not None and ends <= time.monotonic():  # before housekeeping saw it
                 await self._end_session(existing)
                 existing = None
-        self._wills.pop(cid, None)  # reconnected before the will delay ran out
+        self._drop_will(cid)  # reconnected before the will delay ran out
         if existing is not None and packet.clean_start:
             await self._end_session(existing, will=False)
             existing = None
@@ -400,6 +402,14 @@ class Broker:
                 self._spawn(self._publish_will, will)
             else:
                 self._wills[session.client_id] = _PendingWill(time.monotonic() + will_delay, will)
+                due_ms = self._wall_ms() + will_delay * 1000
+                self.store.put_will(session.client_id, due_ms, will)  # kept across a restart
+
+    def _drop_will(self, client_id: str) -> _PendingWill | None:
+        will = self._wills.pop(client_id, None)
+        if will is not None:
+            self.store.delete_will(client_id)
+        return will
 
     def _spawn(self, fn: Callable[..., object], *args: object) -> None:
         if self._nursery is not None:
@@ -412,7 +422,7 @@ class Broker:
             log.exception("could not publish the will on %s", message.topic)
 
     async def _end_session(self, session: Session, *, will: bool = True) -> None:
-        pending = self._wills.pop(session.client_id, None)
+        pending = self._drop_will(session.client_id)
         if will and pending is not None:
             await self._publish_will(pending.message)
         if session.persistent:

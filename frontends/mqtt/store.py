@@ -351,6 +351,23 @@ class SessionStore:
             return default
         return int(bytes(raw))
 
+    def wills(self) -> dict[str, tuple[int, Message]]:
+        """Client id -> (wall-clock ms it is due, will) of wills waiting out their delay."""
+        out = {}
+        for key, value in self._scan(b"w/"):
+            due = _U64.unpack_from(value)[0]
+            _, records = decode_batch(value, _U64.size)
+            out[key[2:].decode()] = (due, message_from_record(records[0]))
+        return out
+
+    def put_will(self, client_id: str, due_ms: int, message: Message) -> None:
+        """Not synced: a will is a best effort, and a lost one was never promised."""
+        value = _U64.pack(due_ms) + encode_batch([message_to_record(message)], now_ms=0)
+        self._db.put(b"w/" + client_id.encode(), value, self._unsynced)
+
+    def delete_will(self, client_id: str) -> None:
+        self._db.delete(b"w/" + client_id.encode(), self._unsynced)
+
     def routed(self, shard: int) -> int:
         raw = self._db.get(b"routed/" + _U16.pack(shard))
         return 0 if raw is None else _U64.unpack(bytes(raw))[0]
