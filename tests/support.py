@@ -3,13 +3,13 @@ waiting for background work."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from journal import Journal, Record
+from journal import Journal, Record, SegmentInfo
 from journal.service import JournalService
 
 
@@ -68,3 +68,18 @@ async def wait_until(
                 return
             await trio.sleep(interval)
     pytest.fail(f"not within {within:g} s: {what}")
+
+
+def check_migrated_layout(segments: Sequence[SegmentInfo], sealed: Sequence[SegmentInfo]) -> None:
+    """After ``sealed`` moved to the object tier and more was appended: the object
+    segments unchanged in extent, then at least one local one, then the active one."""
+    local = len(segments) - len(sealed) - 1
+    assert local >= 1
+    assert [s.tier for s in segments] == ["object"] * len(sealed) + ["local"] * local + ["memory"]
+    for old, new in zip(sealed, segments, strict=False):
+        assert (new.base_offset, new.last_offset, new.size_bytes) == (
+            old.base_offset,
+            old.last_offset,
+            old.size_bytes,
+        )
+    assert [s.key is None for s in segments] == [False] * len(sealed) + [True] * (local + 1)

@@ -45,7 +45,7 @@ import pytest
 import trio
 import trio.lowlevel
 from objectstores import ObjectStore
-from support import read_all, tail, take, wait_until
+from support import check_migrated_layout, read_all, tail, take, wait_until
 
 from journal import (
     CorruptSegmentError,
@@ -226,18 +226,7 @@ async def test_reads_are_transparent_after_migration(
         await j.roll(NAME)
         expected += await _append(j, range(110, 120))
         segments = j.segments(NAME)
-        local = len(segments) - len(sealed) - 1
-        assert local >= 1
-        assert [s.tier for s in segments] == ["object"] * len(sealed) + ["local"] * local + [
-            "memory"
-        ]
-        for old, new in zip(sealed, segments, strict=False):
-            assert (new.base_offset, new.last_offset, new.size_bytes) == (
-                old.base_offset,
-                old.last_offset,
-                old.size_bytes,
-            )
-        assert [s.key is None for s in segments] == [False] * len(sealed) + [True] * (local + 1)
+        check_migrated_layout(segments, sealed)
 
         async def check(j: Journal) -> None:
             assert await read_all(j, NAME) == expected
