@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -138,3 +140,17 @@ def announce(title: str, machine: dict[str, Any], root: Path) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def bench_root(directory: Path | None, prefix: str) -> Path:
+    """A fresh directory for one run under ``directory`` (default: the working one)."""
+    base = Path.cwd() if directory is None else directory
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+def publish_report(text: str, data: dict[str, Any], json_path: Path | None) -> None:
+    """Print the report and, if asked, write its JSON form."""
+    print(text)
+    if json_path is not None:
+        json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")

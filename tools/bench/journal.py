@@ -87,13 +87,11 @@ for ``always``/``interval``, C=1 for ``none``); tail wake p99 <= 1 ms.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -108,11 +106,13 @@ from journal.segments.batch import encode_batch
 from tools.bench.common import (
     MIB,
     announce,
+    bench_root,
     fmt,
     json_rows,
     machine_info,
     mib_per_s,
     percentile,
+    publish_report,
     settle,
     table,
 )
@@ -813,9 +813,7 @@ def main(
         concurrency=concurrency,
         fsync_interval_ms=fsync_interval_ms,
     )
-    base = Path.cwd() if directory is None else directory
-    base.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=".bench-journal-", dir=base))
+    root = bench_root(directory, ".bench-journal-")
     settings = asdict(cfg)
     settings["shapes"] = [shape.label for shape in cfg.shapes]
     settings["directory"] = str(root)
@@ -828,7 +826,5 @@ def main(
         shutil.rmtree(root, ignore_errors=True)
     report.total_seconds = time.perf_counter() - started
     report.targets = evaluate_targets(report, cfg)
-    print(format_report(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n")
+    publish_report(format_report(report), report.to_json(), json_path)
     return 0

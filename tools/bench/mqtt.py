@@ -59,7 +59,6 @@ Scenarios
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import multiprocessing.pool
@@ -80,7 +79,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bench.common import announce, fmt, machine_info, percentile, table
+from tools.bench.common import announce, fmt, machine_info, percentile, publish_report, table
 from tools.bench.mqttload import (
     IdleResult,
     PubResult,
@@ -814,9 +813,7 @@ def main(
         pool.join()
         shutil.rmtree(root, ignore_errors=True)
     report.total_seconds = time.perf_counter() - started
-    print(format_report(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n")
+    publish_report(format_report(report), report.to_json(), json_path)
     return 0 if any(t.available for t in report.targets.values()) else 1
 
 

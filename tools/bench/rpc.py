@@ -61,14 +61,12 @@ first two targets also server and journal) and of the server process (from
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -84,7 +82,17 @@ from journal.remote import RemoteJournal
 from journal.rpc.server import JournalServer
 from journal.segments.batch import encode_batch
 from journal.service import JournalService
-from tools.bench.common import MIB, announce, fmt, machine_info, percentile, settle, table
+from tools.bench.common import (
+    MIB,
+    announce,
+    bench_root,
+    fmt,
+    machine_info,
+    percentile,
+    publish_report,
+    settle,
+    table,
+)
 from tools.bench.tailing import time_tail
 
 __all__ = ["BenchConfig", "Report", "main", "run"]
@@ -750,9 +758,7 @@ def main(
     json_path: Path | None = None,
 ) -> int:
     cfg = BenchConfig.make(quick=quick, server_process=server_process)
-    base = Path.cwd() if directory is None else directory
-    base.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=".bench-rpc-", dir=base))
+    root = bench_root(directory, ".bench-rpc-")
     settings = asdict(cfg)
     settings["directory"] = str(root)
     report = Report(machine=machine_info(root), settings=settings)
@@ -763,7 +769,5 @@ def main(
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report.total_seconds = time.perf_counter() - started
-    print(format_report(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n")
+    publish_report(format_report(report), report.to_json(), json_path)
     return 0

@@ -85,13 +85,11 @@ competes with the journal for the same cores.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -110,11 +108,13 @@ from journal.tiering.cache import DEFAULT_BLOCK
 from tools.bench.common import (
     MIB,
     announce,
+    bench_root,
     fmt,
     json_rows,
     machine_info,
     mib_per_s,
     percentile,
+    publish_report,
     settle,
     table,
 )
@@ -913,9 +913,7 @@ def main(
     from tools.s3local import create_bucket, start_moto
 
     cfg = BenchConfig.make(quick=quick, segment_mib=segment_mib, segments=segments)
-    base = Path.cwd() if directory is None else directory
-    base.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=".bench-tiering-", dir=base))
+    root = bench_root(directory, ".bench-tiering-")
     settings: dict[str, Any] = asdict(cfg)
     settings["batch_bytes"] = len(make_batch())
     settings["directory"] = str(root)
@@ -931,7 +929,5 @@ def main(
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report.total_seconds = time.perf_counter() - started
-    print(format_report(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n")
+    publish_report(format_report(report), report.to_json(), json_path)
     return 0
