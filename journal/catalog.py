@@ -40,6 +40,7 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from journal.config import StreamConfig
 from journal.errors import StorageError
+from journal.rocks import scan_prefix
 
 __all__ = ["Catalog", "Checkpoint", "SealedSegment", "StreamEntry"]
 
@@ -98,10 +99,7 @@ class Catalog:
         self._db.close()
 
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items(from_key=prefix):
-            if not (isinstance(key, bytes) and key.startswith(prefix)):
-                return
-            yield key, bytes(value)  # raw_mode: always bytes
+        return scan_prefix(self._db, prefix)
 
     def journal_id(self) -> str:
         """This journal's identity, made once: its object keys live under it, so

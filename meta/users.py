@@ -42,7 +42,7 @@ from typing import Any
 import trio
 from rocksdict import Rdict, WriteOptions
 
-from journal.rocks import open_rocksdb
+from journal.rocks import open_rocksdb, scan_prefix
 from meta.errors import (
     InvalidPasswordError,
     InvalidUserNameError,
@@ -330,10 +330,8 @@ class UserStore:
         return _decode(name, bytes(raw))
 
     def _scan(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
-        for key, value in self._db.items(from_key=_PREFIX):
-            if not (isinstance(key, bytes) and key.startswith(_PREFIX)):
-                return
-            yield key, _decode(key[len(_PREFIX) :].decode(errors="replace"), bytes(value))
+        for key, value in scan_prefix(self._db, _PREFIX):
+            yield key, _decode(key[len(_PREFIX) :].decode(errors="replace"), value)
 
 
 def _key(name: str) -> bytes:

@@ -41,7 +41,7 @@ from journal.errors import (
     OffsetOutOfRangeError,
     StrataError,
 )
-from journal.rocks import open_rocksdb
+from journal.rocks import open_rocksdb, scan_prefix
 from journal.segments.batch import decode_batch, encode_batch
 from journal.service import JournalService
 
@@ -312,10 +312,7 @@ class SessionStore:
         self.close()
 
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items(from_key=prefix):
-            if not (isinstance(key, bytes) and key.startswith(prefix)):
-                return
-            yield key, bytes(value)
+        return scan_prefix(self._db, prefix)
 
     # -- loading ---------------------------------------------------------------
 
