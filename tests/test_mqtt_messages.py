@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -289,3 +290,37 @@ def test_a_server_reader_takes_the_fast_paths(
     for ack in (Puback(1), Pubrec(2), Pubrel(3), Pubcomp(65535)):
         reader.receive_data(encode(ack, version))
         assert reader.next_packet() == ack
+
+
+async def test_a_shard_with_too_much_queued_makes_publishers_wait(tmp_path: Path) -> None:
+    """Back-pressure instead of memory: beyond MAX_PENDING_BYTES, submit() waits."""
+    from trio.testing import wait_all_tasks_blocked
+
+    from frontends.mqtt.store import MAX_PENDING_BYTES, ShardLog, Submission
+    from journal import Journal
+
+    stored: list[int] = []
+    payload = b"x" * (1 << 20)
+    async with Journal.open(tmp_path) as journal:
+        log = ShardLog(journal, 1, lambda shard, base, entries: stored.append(len(entries)))
+        await log.create_streams()
+        big = [Submission(Message("t", payload, qos=1)) for _ in range(MAX_PENDING_BYTES >> 20)]
+        await log.submit(big)  # fits: the writer is not running, nothing is appended yet
+        blocked = trio.Event()
+        receipts = []
+
+        async def publisher() -> None:
+            await log.submit(big[:1])  # over the limit now: parks
+            receipts.append(await log.submit(big[:1]))
+            blocked.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            await wait_all_tasks_blocked()
+            assert not blocked.is_set()  # waiting for room, not queueing more
+            await nursery.start(log.run)
+            with trio.fail_after(30):
+                await blocked.wait()
+                await receipts[0].wait()
+            nursery.cancel_scope.cancel()
+    assert sum(stored) == len(big) + 2

@@ -977,3 +977,70 @@ def test_packets_sent_with_the_connect_are_handled_at_once(port: int, version: i
     assert kinds == ["Connack", "Puback", "Publish", "Suback"], got
     assert isinstance(got[0], Connack)
     assert next(p for p in got if isinstance(p, Publish)).payload == b"to myself"
+
+
+# -- limits of a tighter server ---------------------------------------------------------
+
+TIGHT_ENV = {
+    "STRATA_MQTT_MAX_CONNECTIONS": "3",
+    "STRATA_MQTT_MAX_TOPIC_LEVELS": "3",
+    "STRATA_MQTT_MAX_INFLIGHT": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrataProcess]:
+    """At most 3 connections, 3 topic levels, 2 deliveries in flight per client."""
+    with start_mqtt_server(tmp_path_factory.mktemp("mqtt-tight"), env=TIGHT_ENV) as process:
+        yield process
+
+
+def test_connections_beyond_the_limit_are_closed_and_counted(tight: StrataProcess) -> None:
+    port = mqtt_port(tight)
+    errors = metric(tight, "strata_protocol_errors_total", protocol="mqtt")
+    with Raw(port) as a, Raw(port) as b, Raw(port) as c:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as extra:
+            extra.sendall(encode(Connect(unique("extra")), 5))
+            with contextlib.suppress(ConnectionResetError):  # closed unread: maybe a reset
+                assert extra.recv(16) == b""  # closed, no CONNACK
+        for raw in (a, b, c):  # the three admitted ones are unaffected
+            assert raw.ping() == []
+    assert metric(tight, "strata_protocol_errors_total", protocol="mqtt") == errors + 1
+    with Raw(port) as again:  # a place is free again
+        assert again.ping() == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_topics_and_filters_deeper_than_the_limit_are_refused(
+    tight: StrataProcess, version: int
+) -> None:
+    port = mqtt_port(tight)
+    with Raw(port, version=version) as raw:
+        raw.send(Subscribe(7, (Subscription("a/b/c/d", 1),)))
+        assert raw.expect(Suback).reason_codes == ((0x8F,) if version == V5 else (0x80,))
+        raw.subscribe("a/b/+", 1)  # within the limit
+        raw.send(Publish("a/b/c/d", b"deep", qos=1, packet_id=1))
+        packets = raw.until_closed()
+        if version == V5:
+            assert [(type(p), getattr(p, "reason_code", None)) for p in packets] == [
+                (Disconnect, 0x90)
+            ]
+        else:
+            assert packets == []
+
+
+def test_the_server_in_flight_cap_applies_without_a_receive_maximum(
+    tight: StrataProcess,
+) -> None:
+    """A 3.1.1 client announces no window: the server's max_inflight (2) is it."""
+    port = mqtt_port(tight)
+    topic = f"{unique('cap')}/t"
+    with Raw(port, version=V3) as sub, Raw(port) as pub:
+        sub.subscribe(topic, 1)
+        for pid in range(1, 5):
+            pub.send(Publish(topic, f"c{pid}".encode(), qos=1, packet_id=pid))
+            assert pub.expect(Puback).packet_id == pid
+        held = [sub.expect(Publish), sub.expect(Publish)]
+        assert sub.ping() == []  # a round trip: nothing else came meanwhile
+        sub.send(Puback(held[0].packet_id or 0))
+        assert sub.expect(Publish).payload == b"c3"

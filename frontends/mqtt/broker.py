@@ -446,16 +446,13 @@ class Broker:
             return
         batch = self.store.batch()
         for d in moved:
-            group, topic_filter = d.share  # type: ignore[misc]
-            members = [
-                (cid, o)
-                for cid, o in self.index.shared_match(d.message.topic if d.message else "").get(
-                    (group, topic_filter), []
-                )
-                if cid != session.client_id
-            ]
-            target = self._pick_member(group, topic_filter, members)
-            if target is None or d.message is None:
+            if d.message is None or d.share is None:
+                continue  # not read back yet (after a restart): it stays with this member
+            group, topic_filter = d.share
+            members = self.index.shared_match(d.message.topic).get((group, topic_filter), [])
+            others = [(cid, o) for cid, o in members if cid != session.client_id]
+            target = self._pick_member(group, topic_filter, others)
+            if target is None:
                 continue
             if d.seq:
                 self.store.delete_delivery(batch, session.client_id, d.seq)
@@ -504,7 +501,7 @@ class Broker:
                 self.store.put_retained(batch, message)
             if message.qos:
                 self._route(message, shard, base + i, batch, now)
-                if entry.packet_id and isinstance(entry.session, Session):
+                if entry.packet_id and entry.session is not None:
                     entry.session.inbound.add(entry.packet_id)
                     if entry.session.persistent:
                         self.store.put_inbound(batch, entry.session.client_id, entry.packet_id)
@@ -529,8 +526,7 @@ class Broker:
         if message.expiry_at is not None and message.expired(now):
             self.counters.dropped_expired += 1
             return
-        found = self._match_cache.get(message.topic)
-        plain, shared = found if found is not None else self._matches(message.topic)
+        plain, shared = self._matches(message.topic)
         for cid, pairs in plain.items():
             qos = -1
             ids: list[int] = []

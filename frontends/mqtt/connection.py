@@ -123,17 +123,15 @@ class Connection:
         "reader",
         "session",
         "stream",
-        "transport",
         "version",
         "will",
         "will_delay",
         "window",
     )
 
-    def __init__(self, broker: Broker, stream: trio.abc.Stream, *, transport: str = "tcp") -> None:
+    def __init__(self, broker: Broker, stream: trio.abc.Stream) -> None:
         self.broker = broker
         self.stream = stream
-        self.transport = transport
         settings = broker.settings
         self.reader = PacketReader(max_packet_size=settings.max_packet_size)
         self.version = 4

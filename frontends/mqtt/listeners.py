@@ -67,7 +67,7 @@ async def serve_mqtt(
             await trio.aclose_forcefully(connection_stream)
             return
         try:
-            await Connection(broker, connection_stream, transport=transport).run()
+            await Connection(broker, connection_stream).run()
         except Exception:
             log.exception("MQTT connection handler failed")
 

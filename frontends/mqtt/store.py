@@ -46,6 +46,7 @@ from journal.segments.batch import decode_batch, encode_batch
 from journal.service import JournalService
 
 from .messages import Message, message_from_record, message_to_record
+from .sessions import Session
 
 __all__ = [
     "QOS0_PREFIX",
@@ -79,7 +80,7 @@ class Submission:
 
     message: Message
     packet_id: int = 0
-    session: object = None  # the publishing session, for the QoS 2 packet id
+    session: Session | None = None  # the publisher's, to record the QoS 2 packet id
 
 
 @dataclass(slots=True)
